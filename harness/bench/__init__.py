@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table. Run ``python -m harness.bench NAME [args]``."""
