@@ -1,0 +1,108 @@
+"""CLI: ``python -m harness.data show ...`` and ``python -m harness.data synth ...``.
+
+    show  --dataset NAME --split SPLIT [--data-dir DIR] [--limit N] [--format letter|cloze]
+          [--skip-bad-rows] [--seed S] [--json]
+    synth --out DIR [--seed S] [--train N] [--validation M]
+
+SPLIT is a split name of the dataset (``validation``, ``dev_r1``, ...), or
+``NAME[selection]`` / ``NAME[train]`` for the two carved parts of the train split,
+or a role (``train``, ``selection``, ``report``). Bad input: one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from harness.data.adapters import DATASETS, FORMATS, ROLES, DataError, get_adapter
+from harness.data.loading import LoadStats, load_split, split_name
+from harness.data.synth import DEFAULT_N_TRAIN, DEFAULT_N_VALIDATION, write_synthetic
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m harness.data", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    show = sub.add_parser("show", help="print examples of one split")
+    show.add_argument("--dataset", required=True, choices=DATASETS, metavar="NAME")
+    show.add_argument("--split", default="report", help="split name, NAME[selection], or a role (default: report)")
+    show.add_argument("--data-dir", default=None, help="DIR with DIR/<dataset>/<split>.jsonl or .parquet")
+    show.add_argument("--limit", type=int, default=None)
+    show.add_argument("--format", default="letter", choices=FORMATS)
+    show.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
+    show.add_argument("--seed", type=int, default=0, help="seed of the selection carve")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    synth = sub.add_parser("synth", help="write the synthetic twins of all 14 datasets")
+    synth.add_argument("--out", required=True, help="output DIR (DIR/<dataset>/<split>.jsonl)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--train", type=int, default=DEFAULT_N_TRAIN, help=f"train rows (default {DEFAULT_N_TRAIN})")
+    synth.add_argument("--validation", type=int, default=DEFAULT_N_VALIDATION,
+                       help=f"report-split rows (default {DEFAULT_N_VALIDATION})")
+    return p
+
+
+def _resolve_split(dataset: str, split: str) -> str:
+    if split in ROLES and split not in get_adapter(dataset).splits:
+        return split_name(dataset, split)
+    if split == "selection":
+        return split_name(dataset, "selection")
+    base = split.split("[", 1)[0]
+    if base not in get_adapter(dataset).splits:
+        raise DataError(f"{dataset} has no split {split!r}; expected one of: "
+                        f"{' '.join(get_adapter(dataset).splits)} (or a role: {' '.join(ROLES)})")
+    return split
+
+
+def _show(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise DataError(f"--limit must be >= 0, got {args.limit}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise DataError(f"--data-dir {args.data_dir} is not a directory")
+    split = _resolve_split(args.dataset, args.split)
+    stats = LoadStats()
+    examples = load_split(args.dataset, split, data_dir=args.data_dir, fmt=args.format, limit=args.limit,
+                          seed=args.seed, skip_bad_rows=args.skip_bad_rows, stats=stats)
+    for ex in examples:
+        if args.json:
+            print(json.dumps(ex.to_json(), ensure_ascii=False))
+        else:
+            print(f"--- {ex.id} (gold {ex.gold}: {ex.options[ex.gold].strip()})\n{ex.prompt}")
+    if stats.n_skipped:
+        print(f"skipped {stats.n_skipped} bad row(s) of {stats.n_rows} in {stats.source}", file=sys.stderr)
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    if args.train < 0 or args.validation < 0:
+        raise DataError(f"--train and --validation must be >= 0, got {args.train} and {args.validation}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a directory")
+    written = write_synthetic(out, seed=args.seed, n_train=args.train, n_validation=args.validation)
+    n_files = sum(len(v) for v in written.values())
+    print(f"wrote {n_files} files for {len(written)} synthetic twins under {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return _show(args) if args.command == "show" else _synth(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `show ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

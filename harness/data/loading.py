@@ -1,0 +1,232 @@
+"""Reading raw splits (local files first, then the HF hub) and carving roles out of them.
+
+Roles: ``train`` and ``selection`` both come from the adapter's train split; the
+selection rows are a fixed, seeded subset (hash of seed, dataset and row number),
+and the train role returns every other row. ``report`` is the paper's evaluation
+split (``validation``; ``dev_r1`` for ANLI), never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import urlparse
+
+from harness.data.adapters import ROLES, DataError, Example, RowError, convert_row, get_adapter
+
+log = logging.getLogger("harness.data")
+
+# The selection split is a fifth of train, capped: enough to rank trials, small
+# enough that scoring it during training stays cheap.
+SELECTION_FRACTION = 0.2
+SELECTION_CAP = 500
+HUB_PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass
+class LoadStats:
+    """What one load read: where from, how many rows, how many bad rows were skipped."""
+
+    source: str = ""
+    n_rows: int = 0
+    n_examples: int = 0
+    n_skipped: int = 0
+
+
+def split_name(dataset: str, role: str) -> str:
+    """The dataset's own split name for a role, e.g. ``validation``, ``dev_r1``, ``train[selection]``."""
+    adapter = get_adapter(dataset)
+    if role == "train":
+        return adapter.train_split
+    if role == "selection":
+        return f"{adapter.train_split}[selection]"
+    if role == "report":
+        return adapter.report_split
+    raise DataError(f"unknown role {role!r}; expected one of: {' '.join(ROLES)}")
+
+
+def selection_size(n_rows: int) -> int:
+    return min(SELECTION_CAP, int(n_rows * SELECTION_FRACTION))
+
+
+def selection_rows(dataset: str, n_rows: int, seed: int = 0) -> set[int]:
+    """Row numbers (0-based) of the train split that form the selection split.
+
+    Ranking rows by a hash of (seed, dataset, row) makes the carve deterministic
+    across processes, Python versions and machines, with no RNG state involved.
+    """
+    def key(i: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{dataset}:{i}".encode()).digest()
+
+    return set(sorted(range(n_rows), key=key)[: selection_size(n_rows)])
+
+
+# ------------------------------------------------------------- raw sources
+
+def _local_file(data_dir: str | os.PathLike, dataset: str, split: str) -> Path | None:
+    for ext in ("jsonl", "parquet"):
+        path = Path(data_dir) / dataset / f"{split}.{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_local(path: Path) -> list[tuple[int, object]]:
+    """(1-based row number, raw record) pairs; a line that is not JSON stays as an error marker."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{path}: cannot read Parquet: {' '.join(str(exc).split())}") from None
+        return list(enumerate(table.to_pylist(), start=1))
+    rows: list[tuple[int, object]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                rows.append((lineno, RowError(f"not valid JSON ({exc.msg})")))
+    return rows
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_probe_result: bool | None = None
+
+
+def hub_reachable() -> bool:
+    """A quick (≤ ~2 s) check that the hub answers, so offline runs never sit in retries.
+
+    HF_DATASETS_OFFLINE / HF_HUB_OFFLINE turn the hub off outright.
+    """
+    global _probe_result
+    if _env_true("HF_DATASETS_OFFLINE") or _env_true("HF_HUB_OFFLINE"):
+        return False
+    if _probe_result is None:
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+        ok = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+                ok.append(True)
+            except OSError:
+                pass
+
+        # DNS lookups ignore socket timeouts, hence the thread with a bounded join.
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(HUB_PROBE_TIMEOUT_S + 0.5)
+        _probe_result = bool(ok)
+    return _probe_result
+
+
+def _read_hub(dataset: str, split: str) -> list[tuple[int, object]] | None:
+    adapter = get_adapter(dataset)
+    if not hub_reachable():
+        return None
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(adapter.hub_id, adapter.config, split=split)
+    except Exception as exc:  # offline, gated, renamed: report and fall through to the clear error
+        log.warning("hub load of %s %s %s failed: %s", adapter.hub_id, adapter.config or "", split,
+                    " ".join(str(exc).split())[:200])
+        return None
+    return list(enumerate(ds, start=1))
+
+
+def read_raw_rows(dataset: str, split: str, *, data_dir: str | os.PathLike | None = None
+                  ) -> tuple[str, list[tuple[int, object]]]:
+    """(source name, [(row number, raw record)]) for one split; local files win over the hub."""
+    adapter = get_adapter(dataset)
+    if split not in adapter.splits:
+        raise DataError(f"{dataset} has no split {split!r}; expected one of: {' '.join(adapter.splits)}")
+    if data_dir is not None:
+        path = _local_file(data_dir, dataset, split)
+        if path is not None:
+            return str(path), _read_local(path)
+    rows = _read_hub(dataset, split)
+    if rows is not None:
+        return f"{adapter.hub_id}:{adapter.config or 'default'}:{split}", rows
+    where = f"{data_dir}/{dataset}/{split}.jsonl|.parquet not found; " if data_dir is not None else ""
+    hub = f"{adapter.hub_id}" + (f" ({adapter.config})" if adapter.config else "")
+    raise DataError(
+        f"cannot load {dataset} split {split}: {where}provide it with --data-dir DIR holding "
+        f"DIR/{dataset}/{split}.jsonl (or .parquet; `python -m harness.data synth --out DIR` writes "
+        f"synthetic twins), or give network access to the HF hub dataset {hub}"
+    )
+
+
+def _convert_rows(dataset: str, split: str, source: str, rows: Iterable[tuple[int, object]], *,
+                  fmt: str, skip_bad_rows: bool, stats: LoadStats) -> list[Example]:
+    out = []
+    for rowno, raw in rows:
+        stats.n_rows += 1
+        try:
+            if isinstance(raw, RowError):
+                raise raw
+            out.append(convert_row(dataset, raw, id=f"{dataset}-{split}-{rowno}", fmt=fmt))
+        except RowError as exc:
+            if not skip_bad_rows:
+                raise DataError(f"{source}: row {rowno}: {exc} (use --skip-bad-rows to skip such rows)") from None
+            stats.n_skipped += 1
+    stats.n_examples = len(out)
+    if stats.n_skipped:
+        log.warning("%s: skipped %d bad row(s) of %d", source, stats.n_skipped, stats.n_rows)
+    return out
+
+
+def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike | None = None, fmt: str = "letter",
+               limit: int | None = None, seed: int = 0, skip_bad_rows: bool = False,
+               stats: LoadStats | None = None) -> list[Example]:
+    """Examples of one named split. ``NAME[selection]`` / ``NAME[train]`` name the two
+    parts of a carved train split (see :func:`split_name`)."""
+    stats = stats if stats is not None else LoadStats()
+    part = None
+    if split.endswith("]") and "[" in split:
+        split, part = split[:-1].split("[", 1)
+        if part not in ("selection", "train"):
+            raise DataError(f"unknown split part [{part}]; expected [selection] or [train]")
+    if fmt not in ("letter", "cloze"):
+        raise DataError(f"unknown format {fmt!r}; expected one of: letter cloze")
+    if limit is not None and limit < 0:
+        raise DataError(f"limit must be >= 0, got {limit}")
+    source, rows = read_raw_rows(dataset, split, data_dir=data_dir)
+    stats.source = source
+    if part is not None:
+        chosen = selection_rows(dataset, len(rows), seed)
+        keep = (lambda i: i in chosen) if part == "selection" else (lambda i: i not in chosen)
+        rows = [r for i, r in enumerate(rows) if keep(i)]
+    examples = _convert_rows(dataset, split, source, rows, fmt=fmt, skip_bad_rows=skip_bad_rows, stats=stats)
+    return examples if limit is None else examples[:limit]
+
+
+def load_examples(dataset: str, role: str, *, data_dir: str | os.PathLike | None = None, fmt: str = "letter",
+                  limit: int | None = None, seed: int = 0, skip_bad_rows: bool = False,
+                  stats: LoadStats | None = None) -> list[Example]:
+    """Examples of one dataset in one role (``train``, ``selection`` or ``report``).
+
+    ``seed`` fixes the selection carve; ``train`` and ``selection`` with the same seed
+    are disjoint and together cover the train split. ``limit`` keeps the first N in
+    file order. ``stats`` (optional) receives the source and skipped-row count.
+    """
+    name = split_name(dataset, role)
+    if role == "train":
+        name = f"{name}[train]"
+    return load_split(dataset, name, data_dir=data_dir, fmt=fmt, limit=limit, seed=seed,
+                      skip_bad_rows=skip_bad_rows, stats=stats)
