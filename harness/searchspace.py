@@ -1,0 +1,458 @@
+"""Loading and validating study profiles and per-method search spaces (``search_spaces/``).
+
+A *space* file (``kind: space``) declares one method's hyperparameters, each
+tagged ``scientific`` (what the study compares), ``nuisance`` (tuned per method
+so the comparison is fair) or ``fixed``. A *profile* (``kind: profile``) says
+what a study runs: model, datasets, budgets, search algorithm, resources, and
+optional per-method range overrides.
+
+Everything here is plain data checking: no Ray, no torch. Every problem raises
+``ConfigError`` with one line naming the file and the key, so ``search.py`` can
+refuse bad input before a trial starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+DATASETS = (
+    "boolq", "multirc", "wic", "wsc", "rte", "copa", "winogrande",
+    "anli", "hellaswag", "piqa", "siqa", "openbookqa", "mmlu", "commonsense_qa",
+)
+SEARCHED_METHODS = ("mor1e", "lora", "molora", "dense")
+REFERENCE_METHODS = ("zeroshot",)
+ROLES = ("scientific", "nuisance", "fixed")
+PARAM_TYPES = ("float", "int", "categorical")
+
+# Hyperparameters each method's space may name. ``learning_rate`` goes to the
+# trial config; ``expert_shape`` ("r1xr2") becomes r1 and r2; ``alpha_ratio``
+# becomes LoRA's alpha = ratio * rank. The rest pass to apply_method as they are.
+METHOD_PARAMS = {
+    "mor1e": {"learning_rate", "expert_shape", "r1", "r2", "num_clusters", "router_temperature", "top_k",
+              "token_coef", "intuition_coef", "output_gate", "aux_loss_coef", "use_intuition",
+              "use_token_router"},
+    "lora": {"learning_rate", "rank", "alpha", "alpha_ratio", "dropout"},
+    "molora": {"learning_rate", "num_experts", "rank", "router_temperature", "top_k", "aux_loss_coef"},
+    "dense": {"learning_rate"},
+}
+
+PROFILE_KEYS = {
+    "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
+    "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
+}
+DATA_KEYS = {"synthetic", "data_dir", "seed", "n_train", "n_validation", "train_limit"}
+SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "scheduler", "grace_period", "reduction_factor", "metric"}
+FINAL_KEYS = {"seeds"}
+RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus"}
+# Keys of `training:` the search itself sets per trial; a profile may not.
+SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
+                "num_workers", "use_gpu", "zero_stage"}
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing description of what is wrong with a profile or space."""
+
+
+@dataclasses.dataclass
+class Param:
+    name: str
+    role: str
+    type: str | None = None  # None for fixed
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list | None = None
+    value: Any = None
+
+    def values_to_check(self) -> list:
+        """The extreme/possible values a range check must accept."""
+        if self.role == "fixed":
+            return [self.value]
+        if self.type == "categorical":
+            return list(self.choices)
+        return [self.low, self.high]
+
+
+@dataclasses.dataclass
+class Space:
+    method: str
+    params: dict[str, Param]
+    source: str
+
+    def searched(self) -> dict[str, Param]:
+        return {k: p for k, p in self.params.items() if p.role != "fixed"}
+
+
+@dataclasses.dataclass
+class Profile:
+    name: str
+    source: str
+    raw: dict
+    spaces: dict[str, Space]
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["raw"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise ConfigError(f"{path}: invalid YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _unknown(keys, allowed, where: str) -> None:
+    extra = sorted(set(keys) - set(allowed))
+    if extra:
+        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return value
+
+
+def parse_param(name: str, spec: Any, where: str) -> Param:
+    where = f"{where}: {name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with role/type, got {spec!r}")
+    role = spec.get("role")
+    if role not in ROLES:
+        raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role == "fixed":
+        _unknown(spec, {"role", "value"}, where)
+        if "value" not in spec:
+            raise ConfigError(f"{where}: a fixed parameter needs a value")
+        return Param(name, role, value=spec["value"])
+    _unknown(spec, {"role", "type", "low", "high", "log", "choices"}, where)
+    kind = spec.get("type")
+    if kind not in PARAM_TYPES:
+        raise ConfigError(f"{where}: type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty list of choices")
+        for c in choices:
+            if c is not None and not isinstance(c, (bool, int, float, str)):
+                raise ConfigError(f"{where}: choices must be scalars, got {c!r}")
+        return Param(name, role, kind, choices=choices)
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: {kind} needs low and high")
+    low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise ConfigError(f"{where}: int bounds must be integers")
+    if low > high:
+        raise ConfigError(f"{where}: low {low} is above high {high}")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log-scale range needs low > 0, got {low}")
+    if kind == "int":
+        low, high = int(low), int(high)
+    return Param(name, role, kind, low=low, high=high, log=log)
+
+
+def parse_shape(value: Any, where: str) -> tuple[int, int]:
+    """'4x8' -> (4, 8): r1 rows of A and r2 columns of B, E = r1*r2 experts."""
+    try:
+        r1, r2 = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{where}: expert_shape must look like '4x8' (r1xr2), got {value!r}") from None
+    if r1 < 1 or r2 < 1:
+        raise ConfigError(f"{where}: expert count must be >= 1, got shape {value!r}")
+    return r1, r2
+
+
+def _check_values(method: str, p: Param, where: str, max_clusters: int | None) -> None:
+    where = f"{where}: {p.name}"
+    for v in p.values_to_check():
+        if p.name == "expert_shape":
+            parse_shape(v, where)
+            continue
+        if p.name in ("top_k",) and v is None:
+            continue
+        if p.name in ("learning_rate", "router_temperature", "alpha", "alpha_ratio"):
+            v = _number(v, where)
+            if v <= 0:
+                label = {"learning_rate": "lr", "router_temperature": "router temperature (tau)"}.get(p.name, p.name)
+                raise ConfigError(f"{where}: {label} must be > 0, got {v}")
+        if p.name in ("num_experts", "r1", "r2", "rank", "num_clusters", "top_k"):
+            v = _number(v, where)
+            if v != int(v):
+                raise ConfigError(f"{where}: must be an integer, got {v}")
+            if v < 1:
+                label = "expert count" if p.name in ("num_experts", "r1", "r2") else p.name
+                raise ConfigError(f"{where}: {label} must be >= 1, got {v}")
+            if p.name == "num_clusters" and max_clusters is not None and v > max_clusters:
+                raise ConfigError(
+                    f"{where}: {int(v)} clusters exceed the {max_clusters} training examples k-means would cluster"
+                )
+        if p.name == "dropout":
+            v = _number(v, where)
+            if not 0 <= v < 1:
+                raise ConfigError(f"{where}: dropout must be in [0, 1), got {v}")
+
+
+def parse_space(data: dict, source: str, *, method: str | None = None) -> Space:
+    _unknown(data, {"kind", "method", "params", "description"}, source)
+    if data.get("kind") != "space":
+        raise ConfigError(f"{source}: not a search space (kind: {data.get('kind')!r}, expected 'space')")
+    m = data.get("method")
+    if m not in SEARCHED_METHODS:
+        raise ConfigError(f"{source}: unknown method {m!r} (searched methods: {', '.join(SEARCHED_METHODS)})")
+    if method is not None and m != method:
+        raise ConfigError(f"{source}: declares method {m!r}, expected {method!r}")
+    params = data.get("params")
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{source}: params must be a non-empty mapping")
+    _unknown(params, METHOD_PARAMS[m], f"{source}: params")
+    if "learning_rate" not in params:
+        raise ConfigError(f"{source}: params must include learning_rate")
+    parsed = {name: parse_param(name, spec, source) for name, spec in params.items()}
+    return Space(m, parsed, source)
+
+
+def load_space(method: str, spaces_dir: Path = SPACES_DIR) -> Space:
+    path = Path(spaces_dir) / f"{method}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no search space for method {method!r} ({path} is missing)")
+    return parse_space(_read_yaml(path), str(path), method=method)
+
+
+def _merge_override(space: Space, override: Any, where: str) -> Space:
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameter -> spec")
+    _unknown(override, METHOD_PARAMS[space.method], where)
+    out = copy.deepcopy(space)
+    for name, spec in override.items():
+        base = {}
+        if name in space.params and isinstance(spec, dict) and "role" not in spec:
+            # Partial override: keep the file's role/type, replace the given bounds.
+            old = space.params[name]
+            base = {"role": old.role}
+            if old.role == "fixed":
+                base["value"] = old.value
+            else:
+                base["type"] = old.type
+                if old.type == "categorical":
+                    base["choices"] = old.choices
+                else:
+                    base.update(low=old.low, high=old.high, log=old.log)
+            if "value" in spec and old.role != "fixed":
+                base = {"role": "fixed"}
+            if old.role == "fixed" and set(spec) & {"low", "high", "choices"}:
+                raise ConfigError(f"{where}: {name} is fixed in {space.source}; give role and type to search it")
+        out.params[name] = parse_param(name, {**base, **spec} if isinstance(spec, dict) else spec, where)
+    out.source = f"{space.source} + {where}"
+    return out
+
+
+def resolve_profile_path(config: str | None, spaces_dir: Path = SPACES_DIR) -> Path:
+    """``--config`` value -> file: an existing path, or the name of a profile in search_spaces/."""
+    config = config or "default"
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or os.sep in config or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {config} does not exist")
+        return path
+    candidate = Path(spaces_dir) / f"{config}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in Path(spaces_dir).glob("*.yaml") if _kind(p) == "profile")
+        raise ConfigError(f"unknown profile {config!r} (profiles: {', '.join(names)}; or pass a .yaml file)")
+    return candidate
+
+
+def _kind(path: Path) -> str | None:
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("kind")
+    except Exception:
+        return None
+
+
+def _as_list(value, where: str) -> list:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    return value
+
+
+def _positive_int(value, where: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def parse_profile(
+    data: dict,
+    source: str,
+    *,
+    spaces_dir: Path = SPACES_DIR,
+    training_keys: set[str] | None = None,
+    count_train_examples=None,
+) -> Profile:
+    """Validate a profile and resolve its methods' spaces (with overrides).
+
+    ``training_keys``: the trial config's field names, to refuse unknown keys
+    under ``training:``. ``count_train_examples(profile_raw) -> int``: how many
+    training examples the intuition k-means will see, to bound num_clusters.
+    """
+    if data.get("kind") != "profile":
+        raise ConfigError(f"{source}: not a profile (kind: {data.get('kind')!r}, expected 'profile')")
+    _unknown(data, PROFILE_KEYS, source)
+    raw = copy.deepcopy(data)
+    for key in ("study", "model"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{source}: {key} must be a non-empty string")
+    if not all(c.isalnum() or c in "-_." for c in raw["study"]):
+        raise ConfigError(f"{source}: study name {raw['study']!r} may use only letters, digits, '-', '_', '.'")
+
+    datasets = raw.get("datasets", "all")
+    datasets = list(DATASETS) if datasets == "all" else _as_list(datasets, f"{source}: datasets")
+    for d in datasets:
+        if d not in DATASETS:
+            raise ConfigError(f"{source}: unknown dataset {d!r} (known: {', '.join(DATASETS)})")
+    if len(set(datasets)) != len(datasets) or not datasets:
+        raise ConfigError(f"{source}: datasets must be a non-empty list without repeats")
+    raw["datasets"] = datasets
+
+    methods = _as_list(raw.get("methods", list(SEARCHED_METHODS)), f"{source}: methods")
+    for m in methods:
+        if m not in SEARCHED_METHODS:
+            hint = " (zeroshot is a reference: list it under `reference`)" if m in REFERENCE_METHODS else ""
+            raise ConfigError(f"{source}: unknown method {m!r} (searched methods: {', '.join(SEARCHED_METHODS)}){hint}")
+    reference = _as_list(raw.get("reference", list(REFERENCE_METHODS)) or [], f"{source}: reference")
+    for m in reference:
+        if m not in REFERENCE_METHODS:
+            raise ConfigError(f"{source}: unknown reference method {m!r} (reference methods: {', '.join(REFERENCE_METHODS)})")
+    raw["methods"], raw["reference"] = methods, reference
+
+    raw["trials_per_method"] = _positive_int(raw.get("trials_per_method", 4), f"{source}: trials_per_method")
+    raw["max_concurrent_trials"] = _positive_int(raw.get("max_concurrent_trials", 1), f"{source}: max_concurrent_trials")
+
+    data_cfg = raw.setdefault("data", {}) or {}
+    if not isinstance(data_cfg, dict):
+        raise ConfigError(f"{source}: data must be a mapping")
+    _unknown(data_cfg, DATA_KEYS, f"{source}: data")
+    for key in ("n_train", "n_validation"):
+        if key in data_cfg:
+            _positive_int(data_cfg[key], f"{source}: data.{key}")
+    if data_cfg.get("train_limit") is not None:
+        _positive_int(data_cfg["train_limit"], f"{source}: data.train_limit")
+    raw["data"] = data_cfg
+
+    search = raw.setdefault("search", {}) or {}
+    _unknown(search, SEARCH_KEYS, f"{source}: search")
+    search.setdefault("algorithm", "tpe")
+    if search["algorithm"] not in ("tpe", "random"):
+        raise ConfigError(f"{source}: search.algorithm must be 'tpe' or 'random', got {search['algorithm']!r}")
+    search.setdefault("scheduler", "asha")
+    if search["scheduler"] not in ("asha", "none"):
+        raise ConfigError(f"{source}: search.scheduler must be 'asha' or 'none', got {search['scheduler']!r}")
+    search.setdefault("quasi_random_trials", 0)
+    _positive_int(search["quasi_random_trials"], f"{source}: search.quasi_random_trials", minimum=0)
+    search.setdefault("seed", 0)
+    _positive_int(search["seed"], f"{source}: search.seed", minimum=0)
+    search.setdefault("grace_period", 1)
+    _positive_int(search["grace_period"], f"{source}: search.grace_period")
+    search.setdefault("reduction_factor", 2)
+    _positive_int(search["reduction_factor"], f"{source}: search.reduction_factor", minimum=2)
+    search.setdefault("metric", "selection_accuracy")
+    raw["search"] = search
+
+    final = raw.setdefault("final", {}) or {}
+    _unknown(final, FINAL_KEYS, f"{source}: final")
+    seeds = _as_list(final.setdefault("seeds", [0]), f"{source}: final.seeds")
+    for s in seeds:
+        _positive_int(s, f"{source}: final.seeds", minimum=0)
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"{source}: final.seeds must be a non-empty list without repeats")
+    raw["final"] = final
+
+    resources = raw.setdefault("resources", {}) or {}
+    _unknown(resources, RESOURCE_KEYS, f"{source}: resources")
+    resources.setdefault("num_workers", 1)
+    _positive_int(resources["num_workers"], f"{source}: resources.num_workers")
+    resources.setdefault("zero_stage", 0)
+    if resources["zero_stage"] not in (0, 1, 2, 3):
+        raise ConfigError(f"{source}: resources.zero_stage must be 0, 1, 2 or 3, got {resources['zero_stage']!r}")
+    resources.setdefault("use_gpu", False)
+    if resources.get("ray_num_cpus") is not None:
+        _positive_int(resources["ray_num_cpus"], f"{source}: resources.ray_num_cpus")
+    raw["resources"] = resources
+
+    training = raw.setdefault("training", {}) or {}
+    if not isinstance(training, dict):
+        raise ConfigError(f"{source}: training must be a mapping")
+    owned = sorted(set(training) & SEARCH_OWNED)
+    if owned:
+        raise ConfigError(f"{source}: training.{owned[0]} is set by the search (use the profile's own keys or a space)")
+    if training_keys is not None:
+        _unknown(training, set(training_keys) - SEARCH_OWNED, f"{source}: training")
+    raw["training"] = training
+
+    overrides = raw.setdefault("overrides", {}) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: overrides must be a mapping of method -> params")
+    for m in overrides:
+        if m not in SEARCHED_METHODS:
+            raise ConfigError(f"{source}: overrides: unknown method {m!r}")
+
+    max_clusters = count_train_examples(raw) if count_train_examples else None
+    spaces = {}
+    for m in methods:
+        space = load_space(m, spaces_dir)
+        if m in overrides:
+            space = _merge_override(space, overrides[m], f"{source}: overrides.{m}")
+        for p in space.params.values():
+            _check_values(m, p, space.source, max_clusters)
+        spaces[m] = space
+    name = Path(source).stem
+    return Profile(name=name, source=source, raw=raw, spaces=spaces)
+
+
+def load_profile(config: str | None, **kwargs) -> Profile:
+    path = resolve_profile_path(config, kwargs.get("spaces_dir", SPACES_DIR))
+    return parse_profile(_read_yaml(path), str(path), **kwargs)
+
+
+def expand_params(method: str, params: dict[str, Any], space: Space) -> tuple[float, dict[str, Any]]:
+    """Sampled + fixed values -> (learning_rate, hparams for harness.methods.apply_method)."""
+    values = {name: p.value for name, p in space.params.items() if p.role == "fixed"}
+    values.update(params)
+    learning_rate = float(values.pop("learning_rate"))
+    if "expert_shape" in values:
+        values["r1"], values["r2"] = parse_shape(values.pop("expert_shape"), method)
+    if "alpha_ratio" in values:
+        ratio = values.pop("alpha_ratio")
+        values["alpha"] = float(ratio) * int(values["rank"])
+    return learning_rate, values
+
+
+def num_experts(method: str, hparams: dict[str, Any]) -> int | None:
+    """The leaderboard's expert count: r1*r2 rank-1 experts for MoR1E, E for MoLoRA."""
+    if method == "mor1e" and "r1" in hparams and "r2" in hparams:
+        return int(hparams["r1"]) * int(hparams["r2"])
+    if method == "molora":
+        return hparams.get("num_experts")
+    return None
