@@ -1,0 +1,324 @@
+"""Batched option log-likelihood scoring, the one way every dataset is scored.
+
+An example is a context (the prompt) and a list of options (continuations).
+Each option gets the summed log-probability of its tokens given the context;
+the prediction is the argmax (``accuracy``), or the argmax of the log-likelihood
+divided by the option's length in UTF-8 bytes (``acc_norm``, as in
+lm-evaluation-harness).
+
+How the work is shaped:
+
+- Tokenisation goes through :func:`encode_pair`, which handles the
+  context/continuation boundary like lm-evaluation-harness. Training uses the
+  same function, so the model is trained on exactly the tokens it is scored on.
+- A pair's model input is ``(context + continuation)[:-1]``. Pairs whose inputs
+  are identical share one row of the batch. Letter options (" A", " B", ...)
+  are one token each, so every option of an example has the same input (the
+  context): one row, logits at the last context position, scores all of them
+  (the "letter fast path"). Cloze options of several tokens get one row each.
+- Rows are sorted by length and left-padded with explicit ``position_ids``
+  (Llama derives positions from ``arange``, not from the attention mask), so
+  the positions that predict the continuation sit at the end of every row and
+  ``logits_to_keep`` skips the LM head everywhere else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Used when neither the model config nor the tokenizer gives a usable limit.
+DEFAULT_MAX_LENGTH = 2048
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _bos_prefix(tokenizer) -> list[int]:
+    """``[bos]`` if the tokenizer prepends BOS by itself, else ``[]``.
+
+    Only a leading BOS is kept from the tokenizer's special tokens; an appended
+    EOS (some tokenizers add one) would sit between context and continuation.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    return [bos] if with_special[:1] == [bos] and _encode(tokenizer, "a")[:1] != [bos] else []
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids ``(ctx_ids, cont_ids)`` of a context and its continuation.
+
+    The boundary is handled as lm-evaluation-harness does: trailing whitespace
+    of the context moves onto the continuation (so "Answer: " + "A" is scored
+    as "Answer:" + " A"), the whole string is encoded once, and the
+    continuation's tokens are what the whole has beyond the context's own
+    encoding. BOS is prepended only if the tokenizer adds one by itself
+    (SmolLM2's does not). An empty context becomes the BOS token, or EOS when
+    there is no BOS, so the first continuation token has something to be
+    predicted from.
+    """
+    if not continuation:
+        raise ValueError("encode_pair: the continuation is empty")
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    prefix = _bos_prefix(tokenizer)
+    ctx = _encode(tokenizer, context) if context else []
+    whole = _encode(tokenizer, context + continuation)
+    cont = whole[len(ctx):]
+    if not cont:
+        # The continuation merged into the context's last token; score it on
+        # its own rather than score nothing.
+        cont = _encode(tokenizer, continuation)
+    ctx = prefix + ctx
+    if not ctx:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("encode_pair: empty context and the tokenizer has neither BOS nor EOS")
+        ctx = [start]
+    return ctx, cont
+
+
+def max_length_of(model, tokenizer) -> int:
+    """The longest input the model is scored on: its position limit, else the tokenizer's."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else DEFAULT_MAX_LENGTH
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class _Row:
+    """One model input shared by every pair whose input it is."""
+
+    input_ids: tuple[int, ...]
+    score_row: int | None  # index into intuition_scores; pairs with different scores never share a row
+    keep: int = 0  # positions at the end whose logits are needed
+    pairs: list = None  # (pair index, continuation ids)
+
+
+def _forward_options(model) -> dict[str, str | bool]:
+    """Which optional arguments ``model.forward`` takes (checked once per call)."""
+    params = inspect.signature(model.forward).parameters
+    keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
+    return {"keep_arg": keep_arg, "position_ids": "position_ids" in params}
+
+
+def _set_intuition(model, scores):
+    """Route intuition scores to MoR1E layers; harmless when mor1e or its layers are absent."""
+    try:
+        from mor1e import set_intuition
+    except ImportError:
+        set_intuition = None
+    if set_intuition is None:
+        if scores is not None:
+            raise RuntimeError("intuition_scores were given but mor1e.set_intuition is not available")
+        return
+    set_intuition(model, scores)
+
+
+def _batch_logprobs(model, rows: list[_Row], pad_id: int, opts: dict, device) -> torch.Tensor:
+    """Log-softmax over the vocabulary at the last ``keep`` positions of each row: (B, keep, V).
+
+    With ``position_ids`` the rows are left-padded, so the needed positions of
+    every row are the batch's last ``keep`` columns. Without it (a model that
+    takes positions only from ``arange``) rows are right-padded and the needed
+    positions are gathered from full logits.
+    """
+    keep = max(r.keep for r in rows)
+    width = max(len(r.input_ids) for r in rows)
+    left = opts["position_ids"]
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = len(r.input_ids)
+        span = slice(width - n, width) if left else slice(0, n)
+        ids[b, span] = torch.tensor(r.input_ids)
+        mask[b, span] = 1
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}
+    if left:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        if opts["keep_arg"]:
+            kwargs[opts["keep_arg"]] = keep
+    logits = model(**kwargs).logits
+    if left:
+        logits = logits[:, -keep:]
+    else:
+        # Right padding: row b's needed positions end at its length.
+        index = torch.stack(
+            [torch.arange(len(r.input_ids) - keep, len(r.input_ids)).clamp(min=0) for r in rows]
+        ).to(logits.device)
+        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def option_logprobs(
+    model,
+    tokenizer,
+    contexts: Sequence[str],
+    continuations: Sequence[str],
+    batch_size: int = 16,
+    intuition_scores=None,
+    *,
+    max_length: int | None = None,
+    share_inputs: bool = True,
+    progress: bool = False,
+) -> list[float]:
+    """Summed log-probability of each continuation given its context.
+
+    ``intuition_scores`` (n_pairs, k) are the MoR1E intuition scores of each
+    pair's example; each batch's rows are passed with ``mor1e.set_intuition``
+    and cleared afterwards. Inputs longer than ``max_length`` (default: the
+    model's position limit) are cut from the left, keeping the continuation.
+    ``share_inputs=False`` gives every pair its own row (the general path;
+    the numbers are the same, only slower).
+    """
+    if len(contexts) != len(continuations):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if intuition_scores is not None:
+        intuition_scores = torch.as_tensor(np.asarray(intuition_scores, dtype=np.float32))
+        if intuition_scores.ndim != 2 or intuition_scores.shape[0] != len(contexts):
+            raise ValueError(
+                f"intuition_scores must have shape ({len(contexts)}, k), got {tuple(intuition_scores.shape)}"
+            )
+    max_length = max_length or max_length_of(model, tokenizer)
+
+    rows: dict[tuple, _Row] = {}
+    for i, (context, continuation) in enumerate(zip(contexts, continuations)):
+        ctx, cont = encode_pair(tokenizer, context, continuation)
+        if len(cont) > max_length:
+            raise ValueError(f"pair {i}: continuation has {len(cont)} tokens, over max_length {max_length}")
+        # As in lm-evaluation-harness: keep the last max_length + 1 tokens,
+        # the model sees all but the last one.
+        inp = tuple((ctx + cont)[-(max_length + 1):][:-1])
+        score_row = i if intuition_scores is not None else None
+        key = (inp, _score_key(intuition_scores, i)) if share_inputs else (i,)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = _Row(inp, score_row, 0, [])
+        row.keep = max(row.keep, len(cont))
+        row.pairs.append((i, cont))
+
+    # Longest first: similar lengths share a batch (less padding), and an
+    # out-of-memory error shows up on the first batch, not the last.
+    ordered = sorted(rows.values(), key=lambda r: (-len(r.input_ids), -r.keep))
+    batches = [ordered[s:s + batch_size] for s in range(0, len(ordered), batch_size)]
+
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    opts = _forward_options(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = [0.0] * len(contexts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _set_intuition(model, None)
+            bar = tqdm(total=len(ordered), desc="scoring", unit="seq", file=sys.stderr,
+                       disable=None if progress else True, leave=False)
+            for batch in batches:
+                if intuition_scores is not None:
+                    _set_intuition(model, intuition_scores[[r.score_row for r in batch]].to(device))
+                logprobs = _batch_logprobs(model, batch, pad_id, opts, device)
+                keep = logprobs.shape[1]
+                for b, row in enumerate(batch):
+                    for i, cont in row.pairs:
+                        target = torch.tensor(cont, device=logprobs.device)
+                        picked = logprobs[b, keep - len(cont):].gather(-1, target[:, None])
+                        out[i] = float(picked.sum())
+                bar.update(len(batch))
+            bar.close()
+    finally:
+        if intuition_scores is not None:
+            _set_intuition(model, None)
+        if was_training:
+            model.train()
+    return out
+
+
+def _score_key(intuition_scores, i):
+    """Rows may be shared only between pairs with the same intuition scores."""
+    return None if intuition_scores is None else intuition_scores[i].numpy().tobytes()
+
+
+# ---------------------------------------------------------------- examples and metrics
+
+
+def score_examples(model, tokenizer, examples, *, batch_size: int = 16, intuition_scores=None,
+                   progress: bool = True, **kwargs) -> list[list[float]]:
+    """Per-option log-likelihoods of each example (``example.prompt`` + ``example.options[j]``).
+
+    ``intuition_scores`` is (len(examples), k): one row per example, shared by its options.
+    """
+    contexts, continuations, owner = [], [], []
+    for e, ex in enumerate(examples):
+        for option in ex.options:
+            contexts.append(ex.prompt)
+            continuations.append(option)
+            owner.append(e)
+    pair_scores = None
+    if intuition_scores is not None:
+        intuition_scores = np.asarray(intuition_scores, dtype=np.float32)
+        if intuition_scores.ndim != 2 or intuition_scores.shape[0] != len(examples):
+            raise ValueError(
+                f"intuition_scores must have shape ({len(examples)}, k), got {intuition_scores.shape}"
+            )
+        pair_scores = intuition_scores[owner]
+    flat = option_logprobs(model, tokenizer, contexts, continuations, batch_size, pair_scores,
+                           progress=progress, **kwargs)
+    out, pos = [], 0
+    for ex in examples:
+        out.append(flat[pos:pos + len(ex.options)])
+        pos += len(ex.options)
+    return out
+
+
+def predictions(examples, loglikes) -> list[tuple[int, int]]:
+    """``(acc prediction, acc_norm prediction)`` per example; ties go to the first option."""
+    preds = []
+    for ex, ll in zip(examples, loglikes, strict=True):
+        ll = np.asarray(ll, dtype=np.float64)
+        n_bytes = np.array([len(o.encode("utf-8")) for o in ex.options], dtype=np.float64)
+        preds.append((int(np.argmax(ll)), int(np.argmax(ll / n_bytes))))
+    return preds
+
+
+def metrics(examples, loglikes) -> dict[str, dict]:
+    """Per dataset: accuracy, acc_norm and n_examples from per-option log-likelihoods."""
+    hits: dict[str, list] = defaultdict(list)
+    for ex, (pred, pred_norm) in zip(examples, predictions(examples, loglikes)):
+        hits[ex.dataset].append((pred == ex.gold, pred_norm == ex.gold))
+    return {
+        name: {
+            "accuracy": float(np.mean([h[0] for h in rows])),
+            "acc_norm": float(np.mean([h[1] for h in rows])),
+            "n_examples": len(rows),
+        }
+        for name, rows in hits.items()
+    }
+
+
+def evaluate_examples(model, tokenizer, examples, *, batch_size: int = 16, intuition_scores=None,
+                      progress: bool = True) -> dict[str, dict]:
+    """Score every option of every example; per dataset ``{"accuracy", "acc_norm", "n_examples"}``."""
+    loglikes = score_examples(model, tokenizer, examples, batch_size=batch_size,
+                              intuition_scores=intuition_scores, progress=progress)
+    return metrics(examples, loglikes)

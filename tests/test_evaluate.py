@@ -1,0 +1,264 @@
+"""Option scoring: tokenisation boundary, batching, the letter fast path, metrics."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from harness.evaluate import (
+    encode_pair,
+    evaluate_examples,
+    metrics,
+    option_logprobs,
+    predictions,
+    score_examples,
+)
+from harness.models import load_model, load_tokenizer
+
+torch.set_num_threads(2)
+
+
+@dataclass(frozen=True)
+class Ex:
+    """The fields of harness.data.Example that scoring reads."""
+
+    dataset: str
+    prompt: str
+    options: tuple
+    gold: int
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-random-llama", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    """A causal LM with absolute positions: left padding is wrong there without position_ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = load_tokenizer("tiny-random-llama")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return GPT2LMHeadModel(config).eval(), tok
+
+
+def reference_logprob(model, ctx, cont):
+    """Unbatched, unpadded, full-logits log P(cont | ctx): the definition, computed plainly."""
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return sum(logp[len(ctx) - 1 + j, tok].item() for j, tok in enumerate(cont))
+
+
+CONTEXTS = [
+    "Question: is the sky blue?\nAnswer:",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "Answer: ",
+    "",
+    "Question: is the sky blue?\nAnswer:",
+    "Passage: cats purr.\nQuestion: do cats purr?\nA. no\nB. yes\nAnswer:",
+]
+CONTINUATIONS = [" yes", " there and beyond", "It was", "B", " hello world", " no, it is green", " B"]
+
+
+# ---------------------------------------------------------------- encode_pair
+
+
+def test_trailing_context_space_moves_onto_the_continuation():
+    tok = load_tokenizer("tiny-random-llama")
+    assert encode_pair(tok, "Answer: ", "A") == encode_pair(tok, "Answer:", " A")
+    ctx, cont = encode_pair(tok, "Answer:", " A")
+    assert ctx == tok("Answer:", add_special_tokens=False).input_ids
+    assert cont == tok(" A", add_special_tokens=False).input_ids and len(cont) == 1
+    # Both spaces move, so no token is a bare trailing space in the context.
+    ctx2, cont2 = encode_pair(tok, "Answer:  ", "A")
+    assert ctx2 == ctx and tok.decode(cont2) == "  A"
+
+
+def test_pair_tokens_are_the_whole_string_tokens():
+    tok = load_tokenizer("tiny-random-llama")
+    for context, continuation in zip(CONTEXTS, CONTINUATIONS):
+        if not context:
+            continue
+        ctx, cont = encode_pair(tok, context, continuation)
+        whole = tok((context + continuation), add_special_tokens=False).input_ids
+        assert ctx + cont == whole, (context, continuation)
+        assert tok.decode(cont).lstrip() == continuation.lstrip()
+
+
+def test_bos_only_when_the_tokenizer_adds_it_and_for_empty_contexts():
+    tok = load_tokenizer("tiny-random-llama")
+    # SmolLM2's tokenizer adds no BOS of its own.
+    assert tok("hi").input_ids == tok("hi", add_special_tokens=False).input_ids
+    assert encode_pair(tok, "Hi", " there")[0] == tok("Hi", add_special_tokens=False).input_ids
+    assert encode_pair(tok, "", " there")[0] == [tok.bos_token_id]
+    tok.add_bos_token = True
+    assert tok("hi").input_ids[0] == tok.bos_token_id
+    ctx, cont = encode_pair(tok, "Hi", " there")
+    assert ctx == [tok.bos_token_id] + tok("Hi", add_special_tokens=False).input_ids
+    assert cont == tok(" there", add_special_tokens=False).input_ids
+    assert encode_pair(tok, "", " there")[0] == [tok.bos_token_id]
+
+
+def test_empty_continuation_is_rejected():
+    tok = load_tokenizer("tiny-random-llama")
+    with pytest.raises(ValueError, match="empty"):
+        encode_pair(tok, "Hi", "")
+
+
+# ---------------------------------------------------------------- option_logprobs
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_gpt2"])
+def test_batched_equals_one_at_a_time_and_the_reference(which, request):
+    model, tok = request.getfixturevalue(which)
+    expected = [reference_logprob(model, *encode_pair(tok, c, d)) for c, d in zip(CONTEXTS, CONTINUATIONS)]
+    singles = [option_logprobs(model, tok, [c], [d], batch_size=1)[0] for c, d in zip(CONTEXTS, CONTINUATIONS)]
+    for batch_size in (1, 3, 16):
+        batched = option_logprobs(model, tok, CONTEXTS, CONTINUATIONS, batch_size=batch_size)
+        np.testing.assert_allclose(batched, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(batched, singles, atol=1e-4, rtol=0)
+    assert all(x < 0 for x in expected)
+
+
+def test_right_padding_without_position_ids_gives_the_same_numbers(tiny):
+    """Models whose forward takes no position_ids are right-padded and read full logits."""
+    model, tok = tiny
+
+    class NoPositions(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    left = option_logprobs(model, tok, CONTEXTS, CONTINUATIONS, batch_size=4)
+    right = option_logprobs(NoPositions(model), tok, CONTEXTS, CONTINUATIONS, batch_size=4)
+    np.testing.assert_allclose(right, left, atol=1e-4, rtol=0)
+
+
+def test_long_inputs_are_cut_from_the_left_keeping_the_continuation(tiny):
+    model, tok = tiny
+    context, continuation = "one two three four five six seven eight nine ten", " eleven twelve"
+    ctx, cont = encode_pair(tok, context, continuation)
+    max_length = len(cont) + 3
+    kept = (ctx + cont)[-(max_length + 1):]
+    expected = reference_logprob(model, kept[: -len(cont)], cont)
+    got = option_logprobs(model, tok, [context, "Hi"], [continuation, " there"], max_length=max_length)[0]
+    assert got == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="over max_length"):
+        option_logprobs(model, tok, [context], [continuation], max_length=len(cont) - 1)
+
+
+def test_bad_arguments_fail_before_any_work(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="2 contexts but 1"):
+        option_logprobs(model, tok, ["a", "b"], [" c"])
+    with pytest.raises(ValueError, match="intuition_scores must have shape"):
+        option_logprobs(model, tok, ["a"], [" c"], intuition_scores=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="batch_size"):
+        option_logprobs(model, tok, ["a"], [" c"], batch_size=0)
+
+
+def test_training_mode_is_restored_and_no_graph_is_built(tiny):
+    model, tok = tiny
+    model.train()
+    try:
+        out = option_logprobs(model, tok, ["Hi"], [" there"])
+        assert model.training
+        assert isinstance(out[0], float)
+    finally:
+        model.eval()
+    option_logprobs(model, tok, ["Hi"], [" there"])
+    assert not model.training
+
+
+# ---------------------------------------------------------------- letter fast path
+
+
+LETTER_EXAMPLES = [
+    Ex("boolq", "Passage: the sea is salty.\nQuestion: is the sea salty?\nA. no\nB. yes\nAnswer:", (" A", " B"), 1),
+    Ex("copa", "Premise: it rained.\nWhat happened as a result?\nA. the ground got wet\nB. the sun rose\nAnswer:",
+       (" A", " B"), 0),
+    Ex("mmlu", "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:", (" A", " B", " C", " D"), 1),
+    Ex("mmlu", "Which is a colour?\nA. red\nB. dog\nC. run\nD. seven\nAnswer:", (" A", " B", " C", " D"), 0),
+]
+
+
+def count_forward_rows(model):
+    rows = []
+    handle = model.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                             with_kwargs=True)
+    return rows, handle
+
+
+def test_letter_options_take_one_row_per_example_and_match_the_general_path(tiny):
+    model, tok = tiny
+    rows, handle = count_forward_rows(model)
+    try:
+        fast = score_examples(model, tok, LETTER_EXAMPLES, batch_size=16, progress=False)
+        assert rows == [len(LETTER_EXAMPLES)]  # one forward, one row per example
+        rows.clear()
+        general = score_examples(model, tok, LETTER_EXAMPLES, batch_size=16, progress=False, share_inputs=False)
+        assert sum(rows) == sum(len(ex.options) for ex in LETTER_EXAMPLES)
+    finally:
+        handle.remove()
+    for ex, f, g in zip(LETTER_EXAMPLES, fast, general):
+        np.testing.assert_allclose(f, g, atol=1e-4, rtol=0)
+        # The definition of the fast path: next-token log-probs at the last context position.
+        ids = torch.tensor([tok(ex.prompt, add_special_tokens=False).input_ids])
+        with torch.no_grad():
+            last = torch.log_softmax(model(ids).logits[0, -1], -1)
+        letters = [tok(o, add_special_tokens=False).input_ids[0] for o in ex.options]
+        np.testing.assert_allclose(f, last[letters].numpy(), atol=1e-4, rtol=0)
+
+
+def test_cloze_options_sharing_a_context_mix_with_letter_rows(tiny):
+    """Multi-token options get their own rows; a batch may hold both kinds."""
+    model, tok = tiny
+    examples = LETTER_EXAMPLES + [
+        Ex("piqa", "Goal: dry wet hands.\nSolution:", (" use a towel", " use a bucket of water"), 0),
+        Ex("hellaswag", "A man lifts a heavy box. He", (" puts it down.", " sings it.", " eats the box whole."), 0),
+    ]
+    shared = score_examples(model, tok, examples, batch_size=3, progress=False)
+    alone = [score_examples(model, tok, [ex], batch_size=1, progress=False, share_inputs=False)[0] for ex in examples]
+    for s, a in zip(shared, alone):
+        np.testing.assert_allclose(s, a, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_accuracy_and_acc_norm_from_known_loglikes():
+    examples = [
+        # Summed: " a" wins (-2 > -3). Per byte: -2/2 = -1.0 vs -3/12 = -0.25, the long option wins.
+        Ex("d1", "p", (" a", " much longer"), 1),
+        # Both agree on option 0.
+        Ex("d1", "p", (" yes", " no"), 0),
+        # Both agree on option 1, which is wrong.
+        Ex("d2", "p", (" x", " y", " z"), 0),
+        # Non-ASCII: "é" is 2 bytes, so " é" is 3 bytes; -3/3 = -1.0 beats -2.5/2 = -1.25 only per byte.
+        Ex("d2", "p", (" é", " e"), 0),
+    ]
+    loglikes = [[-2.0, -3.0], [-1.0, -5.0], [-4.0, -1.0, -3.0], [-3.0, -2.5]]
+    assert predictions(examples, loglikes) == [(0, 1), (0, 0), (1, 1), (1, 0)]
+    assert metrics(examples, loglikes) == {
+        "d1": {"accuracy": 0.5, "acc_norm": 1.0, "n_examples": 2},
+        "d2": {"accuracy": 0.0, "acc_norm": 0.5, "n_examples": 2},
+    }
+
+
+def test_evaluate_examples_reports_per_dataset_metrics_of_the_scores(tiny):
+    model, tok = tiny
+    result = evaluate_examples(model, tok, LETTER_EXAMPLES, batch_size=2, progress=False)
+    loglikes = score_examples(model, tok, LETTER_EXAMPLES, batch_size=16, progress=False)
+    assert result == metrics(LETTER_EXAMPLES, loglikes)
+    assert {k: v["n_examples"] for k, v in result.items()} == {"boolq": 1, "copa": 1, "mmlu": 2}
+    with pytest.raises(ValueError, match="intuition_scores must have shape"):
+        evaluate_examples(model, tok, LETTER_EXAMPLES, intuition_scores=np.zeros((3, 8)), progress=False)
