@@ -1,0 +1,108 @@
+"""Saving and loading adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Only adapter parameters (``is_adapter_param``) are written.  Each file is written to a
+temporary file in the target directory and renamed, so a crash never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mor1e.config import MoLoRAConfig, MoR1EConfig
+from mor1e.wrap import _lora_fields, adapter_config, adapter_parameters, wrap
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+_METHODS = {"mor1e": MoR1EConfig, "molora": MoLoRAConfig}
+
+
+def _json_default(value):
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _config_record(config) -> dict:
+    if isinstance(config, MoR1EConfig):
+        return {"method": "mor1e", "config": config.to_dict()}
+    if isinstance(config, MoLoRAConfig):
+        return {"method": "molora", "config": config.to_dict()}
+    if isinstance(config, LoraConfig):
+        return {"method": "lora", "config": _lora_fields(config)}
+    raise ValueError("model has no adapter to save (was it wrapped with mor1e.wrap?)")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory) -> Path:
+    """Write the adapter's config and weights to ``directory`` (created if missing)."""
+    record = _config_record(adapter_config(model))
+    record["format_version"] = FORMAT_VERSION
+    text = json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n"
+    tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in adapter_parameters(model)}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+    def write_json(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    _atomic_write(directory / CONFIG_NAME, write_json)
+    return directory
+
+
+def read_adapter_config(directory):
+    """The config object stored in ``directory`` (MoR1EConfig, MoLoRAConfig or LoraConfig)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    record = json.loads(path.read_text())
+    method, fields = record.get("method"), record.get("config")
+    if method in _METHODS:
+        return _METHODS[method].from_dict(fields)
+    if method == "lora":
+        return LoraConfig(**fields)
+    raise ValueError(f"{path}: unknown adapter method {method!r}")
+
+
+def load_adapter(model: nn.Module, directory) -> nn.Module:
+    """Wrap a base ``model`` per the saved config and load the saved adapter weights into it."""
+    config = read_adapter_config(directory)
+    weights = load_file(str(Path(directory) / WEIGHTS_NAME))
+    wrap(model, config)
+    params = dict(adapter_parameters(model))
+    missing = sorted(set(params) - set(weights))
+    unexpected = sorted(set(weights) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"{directory}: adapter does not match the model: missing={missing[:3]} unexpected={unexpected[:3]}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            if weights[name].shape != param.shape:
+                raise ValueError(f"{directory}: {name} has shape {tuple(weights[name].shape)}, model expects {tuple(param.shape)}")
+            param.copy_(weights[name])
+    return model

@@ -1,0 +1,209 @@
+"""Injecting adapters into a causal LM, freezing, intuition scores and the auxiliary loss.
+
+``wrap(model, config)`` replaces target linears in place.  Supported naming:
+Llama family (Llama, Mistral, Qwen2: q/k/v/o_proj, gate/up/down_proj) and
+GPT-2 style (c_attn, c_proj, c_fc as transformers' Conv1D).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from mor1e.config import MoLoRAConfig, MoR1EConfig
+from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoR1ELinear, MoR1ERouter, linear_features
+
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
+# Projections that read the same input inside one parent module; with share_routers they
+# share one MoR1ERouter.  (GPT-2 fuses q/k/v into c_attn, so it has nothing to share.)
+SHARE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# peft names its LoRA parameters lora_A / lora_B; ours carry ADAPTER_MARKER.
+_PEFT_MARKER = "lora_"
+_CONFIG_ATTR = "_mor1e_adapter_config"
+
+
+def is_adapter_param(name: str) -> bool:
+    """The single rule for what an adapter parameter is: used for freezing, saving and optimiser groups."""
+    return ADAPTER_MARKER in name or _PEFT_MARKER in name
+
+
+def adapter_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if is_adapter_param(n)]
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of trainable parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adapter_config(model: nn.Module):
+    """The config ``wrap`` applied to this model, or None if it was never wrapped."""
+    return getattr(model, _CONFIG_ATTR, None)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def resolve_targets(model: nn.Module, target_modules) -> list[str]:
+    """Full names of the modules to wrap; ValueError naming any target that matches nothing."""
+    leaves: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if name:
+            leaves.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+    if target_modules is None:
+        wanted = [t for t in LLAMA_TARGETS + GPT2_TARGETS if t in leaves]
+        if not wanted:
+            raise ValueError(
+                "target_modules: no default projection names (Llama or GPT-2 style) found in "
+                f"{type(model).__name__}; pass target_modules explicitly"
+            )
+    else:
+        wanted = list(target_modules)
+        for t in wanted:
+            if t not in leaves:
+                raise ValueError(f"target_modules: unknown target module {t!r}: no module of that name in the model")
+    names = []
+    modules = dict(model.named_modules())
+    for t in wanted:
+        for full in leaves[t]:
+            if not _is_linear(modules[full]):
+                raise ValueError(
+                    f"target_modules: target module {t!r} ({full}) is a {type(modules[full]).__name__}, "
+                    "not nn.Linear or Conv1D"
+                )
+            names.append(full)
+    return names
+
+
+def _parent(model: nn.Module, full_name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = full_name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def wrap(model: nn.Module, config) -> nn.Module:
+    """Inject the adapter described by ``config`` in place, freeze everything else, return the model.
+
+    ``config`` is a MoR1EConfig, a MoLoRAConfig or a ``peft.LoraConfig`` (injected with
+    ``peft.inject_adapter_in_model``).
+    """
+    if adapter_config(model) is not None:
+        raise ValueError("model is already wrapped with an adapter")
+    if isinstance(config, LoraConfig):
+        targets = resolve_targets(model, config.target_modules)
+        short = sorted({n.rsplit(".", 1)[-1] for n in targets})
+        config = LoraConfig(**{**_lora_fields(config), "target_modules": short})
+        inject_adapter_in_model(config, model)
+    elif isinstance(config, MoR1EConfig):
+        _wrap_mor1e(model, config)
+    elif isinstance(config, MoLoRAConfig):
+        for full in resolve_targets(model, config.target_modules):
+            parent, child = _parent(model, full)
+            setattr(parent, child, MoLoRALinear(getattr(parent, child), config))
+    else:
+        raise ValueError(
+            f"config must be MoR1EConfig, MoLoRAConfig or peft.LoraConfig, got {type(config).__name__}"
+        )
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_adapter_param(name))
+    setattr(model, _CONFIG_ATTR, config)
+    return model
+
+
+def _lora_fields(config: LoraConfig) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.init}
+
+
+def _wrap_mor1e(model: nn.Module, config: MoR1EConfig) -> None:
+    targets = resolve_targets(model, config.target_modules)
+    routers: dict[str, MoR1ERouter] = {}  # full target name -> shared router
+    if config.share_routers:
+        by_parent: dict[str, list[str]] = {}
+        for full in targets:
+            by_parent.setdefault(full.rpartition(".")[0], []).append(full.rsplit(".", 1)[-1])
+        for parent_name, children in by_parent.items():
+            parent = model.get_submodule(parent_name) if parent_name else model
+            for group in SHARE_GROUPS:
+                members = [c for c in group if c in children]
+                dims = {linear_features(getattr(parent, c))[0] for c in members}
+                if len(members) < 2 or len(dims) != 1:
+                    continue
+                weight = getattr(parent, members[0]).weight
+                router = MoR1ERouter(dims.pop(), config, dtype=weight.dtype, device=weight.device)
+                # Registered once, on the module that owns the projections.
+                parent.add_module(f"{ADAPTER_MARKER}router_" + "_".join(members), router)
+                for c in members:
+                    routers[f"{parent_name}.{c}" if parent_name else c] = router
+    for full in targets:
+        parent, child = _parent(model, full)
+        setattr(parent, child, MoR1ELinear(getattr(parent, child), config, router=routers.get(full)))
+
+
+def _routers(model: nn.Module) -> list[MoR1ERouter]:
+    return [m for m in model.modules() if isinstance(m, MoR1ERouter) and m.prior is not None]
+
+
+def set_intuition(model: nn.Module, scores) -> None:
+    """Give every MoR1E router this batch's intuition scores, shape (batch, k); None clears them.
+
+    Scores broadcast over the token dimensions of each layer's input.  Works on the bare model
+    or on anything whose ``modules()`` reaches it (e.g. a DeepSpeed engine).  Models without
+    intuition layers (LoRA, MoLoRA, ablations) ignore the call.
+    """
+    routers = _routers(model)
+    if scores is not None:
+        if isinstance(scores, np.ndarray):
+            scores = torch.from_numpy(scores)
+        if not isinstance(scores, torch.Tensor):
+            raise ValueError(f"intuition scores must be a tensor or ndarray, got {type(scores).__name__}")
+        if scores.dim() != 2:
+            raise ValueError(f"intuition scores must have shape (batch, k), got {tuple(scores.shape)}")
+        converted: dict[tuple, torch.Tensor] = {}
+        for router in routers:
+            k = router.config.num_clusters
+            if scores.shape[1] != k:
+                raise ValueError(f"intuition scores have {scores.shape[1]} clusters but the adapter expects k={k}")
+            w = router.prior.weight
+            key = (w.device, w.dtype)
+            if key not in converted:
+                converted[key] = scores.detach().to(device=w.device, dtype=w.dtype)
+            router.intuition_scores = converted[key]
+        return
+    for router in routers:
+        router.intuition_scores = None
+
+
+@contextlib.contextmanager
+def using_intuition(model: nn.Module, scores) -> Iterator[nn.Module]:
+    """``with using_intuition(model, scores):`` sets scores for the block and restores the previous ones."""
+    routers = _routers(model)
+    previous = [r.intuition_scores for r in routers]
+    set_intuition(model, scores)
+    try:
+        yield model
+    finally:
+        for router, old in zip(routers, previous):
+            router.intuition_scores = old
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """Σ coef · load-balancing loss over routers, from the last forward; 0 when none is enabled."""
+    total = None
+    for module in model.modules():
+        loss = getattr(module, "last_aux_loss", None)
+        coef = getattr(module, "aux_loss_coef", 0.0)
+        if loss is not None and coef > 0:
+            term = coef * loss
+            total = term if total is None else total + term.to(total.device)
+    if total is None:
+        return torch.zeros(())
+    return total
