@@ -1,0 +1,847 @@
+"""Run a study: Ray Tune + Optuna pick trials, each trial a Ray Train job; results go to the leaderboard.
+
+    python harness/search.py [--config FILE|PROFILE] [--address ADDR] [--resume]
+                             [--results-dir DIR] [--data-dir DIR] [--study NAME]
+
+Layers (Ray's train/tune interop pattern): the *worker* loop lives in
+harness.train and reads only its TrialConfig; the *driver* function below runs
+inside one Tune trial and calls ``run_trial``; the *Tuner* here runs the sweep
+for one method, sampling on this process with Optuna (TPE after quasi-random
+warm-up, study kept in SQLite) and stopping weak trials with ASHA on the
+selection metric.
+
+Phases of a study, all recorded in ``<results>/leaderboard.parquet``:
+1. reference: zero-shot evaluation of the base model (no search);
+2. search: per method, ``trials_per_method`` trials; every trial is recorded
+   as completed, pruned (ASHA) or failed, with its reason;
+3. final: each method's best config (chosen on the selection split) re-run per
+   seed and scored on the report split.
+Then ``summary.parquet`` is recomputed from the records and the table printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python harness/search.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import leaderboard
+from harness.records import append_rows, read_rows, row_template
+from harness.searchspace import (
+    DATASETS,
+    ConfigError,
+    Profile,
+    Space,
+    expand_params,
+    load_profile,
+    num_experts,
+)
+
+METRIC = "selection_accuracy"
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything a study needs, validated before Ray starts."""
+
+    profile: Profile
+    study: str
+    results_dir: Path
+    data_dir: Path | None  # None: the hub (real datasets) -- only for users with network
+    synthetic: bool
+    address: str | None
+    resume: bool
+
+    @property
+    def leaderboard_path(self) -> Path:
+        return self.results_dir / leaderboard.LEADERBOARD_FILE
+
+    @property
+    def ray_dir(self) -> Path:
+        return (self.results_dir / "ray" / self.study).resolve()
+
+    @property
+    def optuna_path(self) -> Path:
+        return (self.results_dir / "optuna" / f"{self.study}.sqlite").resolve()
+
+    def experiment_name(self, method: str) -> str:
+        return method
+
+    def base_trial(self, method: str) -> dict[str, Any]:
+        """TrialConfig kwargs every trial of the study shares (the per-trial budget)."""
+        p = self.profile
+        kwargs = dict(p.training)
+        kwargs.update(
+            method=method,
+            model=p.model,
+            datasets=list(p.datasets),
+            data_dir=None if self.data_dir is None else str(self.data_dir),
+            num_workers=p.resources["num_workers"],
+            use_gpu=p.resources["use_gpu"],
+            zero_stage=p.resources["zero_stage"],
+        )
+        if p.data.get("train_limit") is not None:
+            kwargs["train_limit"] = p.data["train_limit"]
+        return kwargs
+
+
+def _trial_config_class():
+    from harness.train import TrialConfig
+
+    return TrialConfig
+
+
+def make_trial_config(base: dict, *, learning_rate: float | None, hparams: dict, seed: int):
+    TrialConfig = _trial_config_class()
+    kwargs = dict(base, hparams=dict(hparams), seed=seed)
+    if learning_rate is not None:
+        kwargs["learning_rate"] = learning_rate
+    return TrialConfig(**kwargs)
+
+
+def _synthetic_dir(results_dir: Path, data: dict) -> Path:
+    seed, n_train, n_val = data.get("seed", 0), data.get("n_train", 64), data.get("n_validation", 16)
+    return results_dir / "data" / f"synthetic-s{seed}-t{n_train}-v{n_val}"
+
+
+def _count_train_examples(raw: dict, data_dir: Path | None, synthetic: bool) -> int | None:
+    """Training examples k-means will cluster (train role, after the per-dataset cap), or None if unknown."""
+    from harness.data.loading import selection_size
+    from harness.data.adapters import get_adapter
+
+    cap = raw["data"].get("train_limit")
+    total = 0
+    for d in raw["datasets"]:
+        if synthetic and data_dir is None:
+            n = raw["data"].get("n_train", 64)
+        else:
+            if data_dir is None:
+                return None
+            split = get_adapter(d).train_split
+            n = _count_rows(data_dir, d, split)
+            if n is None:
+                return None
+        n -= selection_size(n)
+        total += min(n, cap) if cap else n
+    return total
+
+
+def _count_rows(data_dir: Path, dataset: str, split: str) -> int | None:
+    jsonl = data_dir / dataset / f"{split}.jsonl"
+    if jsonl.exists():
+        with open(jsonl, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    pq_path = data_dir / dataset / f"{split}.parquet"
+    if pq_path.exists():
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(pq_path).metadata.num_rows
+    return None
+
+
+def _check_results_dir(results_dir: Path) -> None:
+    """The results dir must be creatable/writable; an existing leaderboard must be readable."""
+    probe = results_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"results dir {results_dir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"results dir {results_dir} is not writable")
+    # os.access says yes to root and on read-only mounts; try a real write (nothing is left behind).
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"results dir {results_dir} is not writable ({exc.strerror or exc})") from None
+    if results_dir.exists():
+        lb = results_dir / leaderboard.LEADERBOARD_FILE
+        if lb.exists():
+            try:
+                read_rows(lb)
+            except Exception as exc:
+                raise ConfigError(f"{lb} is not a readable leaderboard: {str(exc).splitlines()[0]}") from None
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Validate the profile, spaces, data and results dir; raise ConfigError with one line."""
+    results_dir = Path(args.results_dir)
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise ConfigError(f"data dir {args.data_dir} does not exist")
+
+    try:
+        TrialConfig = _trial_config_class()
+        training_keys = {f.name for f in dataclasses.fields(TrialConfig)}
+    except ImportError:
+        training_keys = None
+
+    # The profile decides whether data is synthetic; --data-dir always wins.
+    state = {}
+
+    def count(raw):
+        synthetic = bool(raw["data"].get("synthetic")) and data_dir is None
+        state["synthetic"] = synthetic
+        return _count_train_examples(raw, data_dir, synthetic)
+
+    profile = load_profile(args.config, training_keys=training_keys, count_train_examples=count)
+    study = args.study or profile.study
+    if not study or not all(c.isalnum() or c in "-_." for c in study):
+        raise ConfigError(f"study name {study!r} may use only letters, digits, '-', '_', '.'")
+
+    if data_dir is not None:
+        for d in profile.datasets:
+            from harness.data.adapters import get_adapter
+
+            a = get_adapter(d)
+            for split in (a.train_split, a.report_split):
+                if _count_rows(data_dir, d, split) is None:
+                    raise ConfigError(f"data dir {data_dir}: missing {d}/{split}.jsonl (or .parquet)")
+
+    _check_results_dir(results_dir)
+    synthetic = state.get("synthetic", False)
+    if synthetic:
+        data_dir = _synthetic_dir(results_dir, profile.data).resolve()
+    plan = Plan(profile, study, results_dir.resolve(), data_dir, synthetic, args.address, args.resume)
+
+    existing = leaderboard.load(results_dir) if plan.leaderboard_path.exists() else None
+    study_recorded = existing is not None and (existing.study == study).any()
+    if args.resume:
+        if not plan.ray_dir.exists() and not study_recorded:
+            raise ConfigError(f"nothing to resume: no study {study!r} in {results_dir}")
+    elif study_recorded or plan.ray_dir.exists():
+        raise ConfigError(
+            f"study {study!r} already exists in {results_dir}; pass --resume to continue it or --study NEW"
+        )
+
+    # Every method's trial config must construct: catches bad training keys and values now.
+    if training_keys is not None:
+        for method, space in profile.spaces.items():
+            for pick in (_pick(space, "low"), _pick(space, "high")):
+                lr, hp = expand_params(method, pick, space)
+                try:
+                    make_trial_config(plan.base_trial(method), learning_rate=lr, hparams=hp, seed=0)
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{profile.source}: {method}: {_one_line(exc)}") from None
+        for method in profile.reference:
+            try:
+                make_trial_config(plan.base_trial(method), learning_rate=None, hparams={}, seed=0)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{profile.source}: {method}: {_one_line(exc)}") from None
+    return plan
+
+
+def _pick(space: Space, end: str) -> dict:
+    out = {}
+    for name, p in space.searched().items():
+        if p.type == "categorical":
+            out[name] = p.choices[0 if end == "low" else -1]
+        else:
+            out[name] = p.low if end == "low" else p.high
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- records
+
+
+def _per_dataset(metrics: dict, role: str) -> dict[str, dict]:
+    """{dataset: {accuracy, acc_norm, n_examples}} for ``role`` out of a trial's reported metrics."""
+    nested = metrics.get(role)
+    if isinstance(nested, dict):
+        return {d: v for d, v in nested.items() if isinstance(v, dict) and d in DATASETS}
+    out: dict[str, dict] = {}
+    prefix = f"{role}/"
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            parts = key[len(prefix):].split("/")
+            if len(parts) == 2 and parts[0] in DATASETS:
+                out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def _float(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _int(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+
+def trial_records(
+    plan: Plan,
+    *,
+    method: str,
+    trial_id: str,
+    phase: str,
+    status: str,
+    status_reason: str | None,
+    learning_rate: float | None,
+    hparams: dict,
+    seed: int,
+    metrics: dict | None,
+    roles: tuple[str, ...] = ("selection", "report"),
+    wall_s: float | None = None,
+) -> list[dict]:
+    """Leaderboard rows for one trial: one per (dataset, role) it has numbers for, or one bare row."""
+    from harness.data import split_name
+
+    p = plan.profile
+    metrics = metrics or {}
+    common = dict(
+        study=plan.study, method=method, trial_id=trial_id, status=status, status_reason=status_reason,
+        trainable_params=_int(metrics.get("trainable_params")),
+        num_experts=_int(num_experts(method, hparams)),
+        num_clusters=_int(hparams.get("num_clusters")) if method == "mor1e" else None,
+        router_temperature=_float(hparams.get("router_temperature")),
+        learning_rate=_float(learning_rate), zero_stage=p.resources["zero_stage"],
+        num_workers=p.resources["num_workers"], model=p.model, seed=seed,
+        scoring=p.training.get("scoring", "letter"), phase=phase,
+        hparams_json=json.dumps({"learning_rate": learning_rate, **hparams}, sort_keys=True, default=str),
+        steps=_int(metrics.get("step", metrics.get("steps"))),
+        tokens_per_s=_float(metrics.get("tokens_per_s")),
+        peak_rss_mb=_float(metrics.get("peak_rss_mb")),
+        wall_s=_float(wall_s),
+    )
+    rows = []
+    for role in roles:
+        for dataset, m in sorted(_per_dataset(metrics, role).items()):
+            rows.append(row_template(
+                **common, dataset=dataset, split=split_name(dataset, role), role=role,
+                accuracy=_float(m.get("accuracy")), acc_norm=_float(m.get("acc_norm")),
+                n_examples=_int(m.get("n_examples")),
+            ))
+    if not rows:
+        rows.append(row_template(**common, dataset=None, split=None, role=None, accuracy=None,
+                                 acc_norm=None, n_examples=None))
+    return rows
+
+
+# ------------------------------------------------------------------ driver side
+
+
+def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, seed: int,
+                 storage_path: str) -> None:
+    """One Tune trial: build the TrialConfig from the sampled point and run it as a Ray Train job."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from harness.train import run_trial
+
+    sampled = {k: config[k] for k in space_params if k in config}
+    space = Space(method, space_params, "trial")
+    learning_rate, hparams = expand_params(method, sampled, space)
+    cfg = make_trial_config(base, learning_rate=learning_rate, hparams=hparams, seed=seed)
+    trial_id = tune.get_context().get_trial_id()
+    start = time.time()
+    result = run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=[TuneReportCallback()])
+    final = _json_safe(result)
+    final["done_final"] = True
+    final["wall_s"] = time.time() - start
+    final.setdefault(METRIC, result.get(METRIC))
+    tune.report(final)
+
+
+def _json_safe(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# --------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Readable progress lines: trial counts, best selection accuracy per method, elapsed, ETA."""
+
+    def __init__(self, total_trials: int):
+        self.total = total_trials
+        self.start = time.time()
+        self.counts = {"completed": 0, "pruned": 0, "failed": 0}
+        self.running: set[str] = set()
+        self.best: dict[str, float] = {}
+        self.durations: list[float] = []
+
+    def line(self, msg: str) -> None:
+        print(f"[{_clock(time.time() - self.start)}] {msg}", flush=True)
+
+    def finished(self, trial_id: str, status: str, method: str, score: float | None, wall: float | None) -> None:
+        self.running.discard(trial_id)
+        self.counts[status] += 1
+        if wall:
+            self.durations.append(wall)
+        if status == "completed" and score is not None:
+            self.best[method] = max(score, self.best.get(method, -1.0))
+
+    def status(self) -> str:
+        done = sum(self.counts.values())
+        best = " ".join(f"{m}={100 * v:.1f}" for m, v in self.best.items()) or "-"
+        eta = "?"
+        if self.durations:
+            avg = sum(self.durations) / len(self.durations)
+            eta = _clock(avg * max(self.total - done - len(self.running) / 2, 0))
+        c = self.counts
+        return (f"trials {done}/{self.total} (completed {c['completed']}, pruned {c['pruned']}, "
+                f"failed {c['failed']}, running {len(self.running)}) | best selection %: {best} | ETA {eta}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+# The live Progress of this process. Callbacks look it up here at call time
+# rather than holding it: Tune pickles its callbacks into tuner.pkl, and a
+# restored (resumed) Tuner must report to the new run's progress, not a copy.
+_PROGRESS: Progress | None = None
+
+
+def _progress() -> Progress:
+    global _PROGRESS
+    if _PROGRESS is None:
+        _PROGRESS = Progress(total_trials=0)
+    return _PROGRESS
+
+
+try:
+    from ray.tune import Callback as _TuneCallback
+except ImportError:  # pragma: no cover - ray is a dependency
+    _TuneCallback = object
+
+
+class RecordAndReport(_TuneCallback):
+    """Runs on this (driver) process: records each finished trial and prints progress."""
+
+    def __init__(self, plan: Plan, method: str, seed: int, space: Space):
+        self.plan, self.method, self.seed, self.space = plan, method, seed, space
+        self.last: dict[str, dict] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        progress = _progress()
+        progress.running.add(trial.trial_id)
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        progress.line(f"{self.method} trial {trial.trial_id} started: {shown}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+        if not result.get("done_final") and METRIC in result:
+            step = result.get("step", result.get("training_iteration"))
+            _progress().line(f"{self.method} trial {trial.trial_id} step {step}: selection "
+                             f"{100 * result[METRIC]:.1f}%")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, error=None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, error=_trial_error(trial))
+
+    def _record(self, trial, error: str | None):
+        progress = _progress()
+        result = self.last.get(trial.trial_id) or trial.last_result or {}
+        status, reason, rows = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id,
+                                            trial.config, result, error)
+        append_rows(self.plan.leaderboard_path, rows, dedupe=True)
+        score = result.get(METRIC) if status == "completed" else None
+        progress.finished(trial.trial_id, status, self.method, score, result.get("time_total_s"))
+        progress.line(f"{self.method} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
+                      + (f", selection {100 * score:.1f}%" if score is not None else ""))
+        progress.line(progress.status())
+
+
+def _short(v):
+    return f"{v:.3g}" if isinstance(v, float) else v
+
+
+def _trial_error(trial) -> str:
+    """The exception's last line (its type and message), from the trial's error file."""
+    text = ""
+    path = getattr(trial, "error_file", None) or ""
+    with contextlib.suppress(OSError, TypeError):
+        text = Path(path).read_text()
+    text = text or str(getattr(trial, "error_msg", "") or "") or "trial failed"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # Ray wraps the worker's exception; the innermost "Type: message" line is the useful one.
+    for ln in reversed(lines):
+        if ":" in ln and not ln.startswith(("File ", "During handling", "The above exception")):
+            return ln[:300]
+    return (lines[-1] if lines else "trial failed")[:300]
+
+
+def record_trial(plan, method, space, seed, trial_id, config, result, error):
+    sampled = {k: config[k] for k in space.searched() if k in config}
+    learning_rate, hparams = expand_params(method, sampled, space)
+    if error is not None:
+        status, reason = "failed", error
+        roles = ("selection",)
+    elif result.get("done_final"):
+        status, reason = "completed", None
+        roles = ("selection", "report")
+    else:
+        step = result.get("step", result.get("training_iteration", 0))
+        status, reason = "pruned", f"asha stopped at step {step}"
+        roles = ("selection",)
+    rows = trial_records(plan, method=method, trial_id=trial_id, phase="search", status=status,
+                         status_reason=reason, learning_rate=learning_rate, hparams=hparams, seed=seed,
+                         metrics=result, roles=roles, wall_s=result.get("time_total_s"))
+    return status, reason, rows
+
+
+# ----------------------------------------------------------------- the search
+
+
+class QuasiRandomThenTPE:
+    """Sobol quasi-random points for the first ``n_quasi`` trials, TPE after (explore, then exploit).
+
+    Built lazily so that importing this module does not import optuna.
+    """
+
+    def __new__(cls, n_quasi: int, seed: int):
+        import optuna
+
+        class _Sampler(optuna.samplers.BaseSampler):
+            def __init__(self):
+                self.qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                                      warn_independent_sampling=False,
+                                                      warn_asynchronous_seeding=False)
+                self.tpe = optuna.samplers.TPESampler(n_startup_trials=n_quasi, seed=seed)
+
+            def _pick(self, trial):
+                return self.qmc if trial.number < n_quasi else self.tpe
+
+            def infer_relative_search_space(self, study, trial):
+                return self._pick(trial).infer_relative_search_space(study, trial)
+
+            def sample_relative(self, study, trial, search_space):
+                return self._pick(trial).sample_relative(study, trial, search_space)
+
+            def sample_independent(self, study, trial, param_name, param_distribution):
+                return self._pick(trial).sample_independent(study, trial, param_name, param_distribution)
+
+            def before_trial(self, study, trial):
+                self._pick(trial).before_trial(study, trial)
+
+            def after_trial(self, study, trial, state, values):
+                self._pick(trial).after_trial(study, trial, state, values)
+
+            def reseed_rng(self):
+                self.qmc.reseed_rng()
+                self.tpe.reseed_rng()
+
+        return _Sampler()
+
+
+def _tune_space(space: Space) -> dict:
+    from ray import tune
+
+    out = {}
+    for name, p in space.searched().items():
+        if p.type == "categorical":
+            out[name] = tune.choice(p.choices)
+        elif p.type == "float":
+            out[name] = tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
+        else:  # int; Tune's upper bound is exclusive
+            out[name] = tune.lograndint(p.low, p.high + 1) if p.log else tune.randint(p.low, p.high + 1)
+    return out
+
+
+def _searcher(plan: Plan, method: str, algorithm: str):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = plan.profile.search
+    if algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=s["seed"])
+    elif s["quasi_random_trials"]:
+        sampler = QuasiRandomThenTPE(s["quasi_random_trials"], s["seed"])
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s["seed"])
+    plan.optuna_path.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{plan.optuna_path}")
+    return OptunaSearch(sampler=sampler, storage=storage, study_name=f"{plan.study}-{method}")
+
+
+def num_evals(plan: Plan) -> int:
+    t = plan.profile.training
+    steps, every = t.get("steps"), t.get("eval_every")
+    if steps and every:
+        return max(1, math.ceil(steps / every))
+    return 10
+
+
+def run_method_search(plan: Plan, method: str, progress: Progress, *, algorithm: str | None = None,
+                      scheduler: str | None = None) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    p = plan.profile
+    s = p.search
+    algorithm = algorithm or s["algorithm"]
+    scheduler = scheduler or s["scheduler"]
+    space = p.spaces[method]
+    seed = p.final["seeds"][0]
+    base = plan.base_trial(method)
+    train_storage = str(plan.ray_dir / "train")
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, base=base, method=method, space_params=space.params, seed=seed,
+                             storage_path=train_storage),
+        # The driver only waits on its TorchTrainer; a whole CPU would starve small machines.
+        {"cpu": 0.01},
+    )
+    path = plan.ray_dir / plan.experiment_name(method)
+    if plan.resume and (path / "tuner.pkl").exists():
+        progress.line(f"{method}: resuming from {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        if path.exists():  # an interrupted start that never saved its state
+            shutil.rmtree(path)
+        max_evals = num_evals(plan) + 1  # the driver's final report is one more iteration
+        sched = (ASHAScheduler(max_t=max_evals, grace_period=min(s["grace_period"], max_evals),
+                               reduction_factor=s["reduction_factor"])
+                 if scheduler == "asha" else FIFOScheduler())
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_tune_space(space),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", search_alg=_searcher(plan, method, algorithm), scheduler=sched,
+                num_samples=p.trials_per_method, max_concurrent_trials=p.max_concurrent_trials,
+                trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=plan.experiment_name(method), storage_path=str(plan.ray_dir),
+                callbacks=[RecordAndReport(plan, method, seed, space)],
+                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    grid = tuner.fit()
+    reconcile(plan, method, space, seed, grid)
+
+
+def reconcile(plan: Plan, method: str, space: Space, seed: int, grid) -> None:
+    """Record every trial of a finished Tuner run that the callbacks did not (e.g. after a kill)."""
+    rows = []
+    for result in grid:
+        trial_id = Path(result.path).name
+        error = _one_line(result.error) if result.error is not None else None
+        metrics = result.metrics or {}
+        config = result.config or {}
+        _, _, r = record_trial(plan, method, space, seed, trial_id, config, metrics, error)
+        rows += r
+    if rows:
+        append_rows(plan.leaderboard_path, rows, dedupe=True)
+
+
+def run_single(plan: Plan, method: str, *, learning_rate, hparams, seed, trial_id, phase, progress) -> str:
+    """One trial outside Tune (reference and final phases); recorded whatever happens."""
+    from harness.train import run_trial
+
+    cfg = make_trial_config(plan.base_trial(method), learning_rate=learning_rate, hparams=hparams, seed=seed)
+    progress.line(f"{phase}: {method} seed {seed} started ({trial_id})")
+    start = time.time()
+    try:
+        result = run_trial(cfg, name=f"{trial_id}", storage_path=str(plan.ray_dir / "train"))
+        status, reason = "completed", None
+    except Exception as exc:  # recorded, not raised: one failure must not lose the study
+        result, status, reason = {}, "failed", _one_line(exc)
+    wall = time.time() - start
+    rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status, status_reason=reason,
+                         learning_rate=learning_rate, hparams=hparams, seed=seed, metrics=result,
+                         roles=("report",), wall_s=wall)
+    append_rows(plan.leaderboard_path, rows, dedupe=True)
+    progress.finished(trial_id, status, method, None, wall)
+    acc = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+    progress.line(f"{phase}: {method} seed {seed} {status}" + (f" ({reason})" if reason else "")
+                  + (f", report mean {100 * sum(acc) / len(acc):.1f}%" if acc else "") + f" in {wall:.0f}s")
+    return status
+
+
+def _recorded(plan: Plan) -> set[tuple[str, str]]:
+    """(method, trial_id) pairs already in the leaderboard for this study."""
+    if not plan.leaderboard_path.exists():
+        return set()
+    t = read_rows(plan.leaderboard_path).to_pandas()
+    t = t[t.study == plan.study]
+    return set(zip(t.method, t.trial_id))
+
+
+def run_study(plan: Plan) -> int:
+    from harness.ray_env import init_ray
+
+    p = plan.profile
+    total = (len(p.methods) * p.trials_per_method + len(p.methods) * len(p.final["seeds"]) + len(p.reference))
+    global _PROGRESS
+    progress = _PROGRESS = Progress(total)
+    progress.line(f"study {plan.study}: {p.model}, {len(p.datasets)} datasets, methods {' '.join(p.methods)}, "
+                  f"{p.trials_per_method} trials each, final seeds {p.final['seeds']}, results in {plan.results_dir}")
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    if plan.synthetic and not plan.data_dir.exists():
+        _write_twins(plan)
+
+    init_ray(plan.address, num_cpus=p.resources.get("ray_num_cpus"))
+    done = _recorded(plan)
+
+    # 1. reference rows (no search)
+    for method in p.reference:
+        trial_id = f"{method}-reference"
+        if (method, trial_id) in done:
+            progress.counts["completed"] += 1
+            continue
+        run_single(plan, method, learning_rate=None, hparams={}, seed=p.final["seeds"][0], trial_id=trial_id,
+                   phase="reference", progress=progress)
+
+    # 2. search, one Tuner per method
+    for method in p.methods:
+        progress.line(f"search: {method} ({p.trials_per_method} trials, {p.search['algorithm']} + "
+                      f"{p.search['scheduler']})")
+        run_method_search(plan, method, progress)
+
+    # 3. final: best config per method (chosen on selection) on the report split, per seed
+    df = leaderboard.load(plan.results_dir)
+    best = leaderboard.best_trials(df, plan.study).set_index("method")
+    for method in p.methods:
+        if method not in best.index:
+            progress.line(f"final: {method} has no completed search trial; skipped")
+            continue
+        b = best.loc[method]
+        chosen = json.loads(b.hparams_json)
+        learning_rate = chosen.pop("learning_rate")
+        progress.line(f"final: {method} best trial {b.trial_id} (selection {100 * b.selection_accuracy:.1f}%)")
+        for seed in p.final["seeds"]:
+            trial_id = f"{method}-final-s{seed}"
+            if (method, trial_id) in done:
+                continue
+            reused = _reuse_search_trial(plan, df, method, b.trial_id, seed, trial_id)
+            if reused:
+                progress.line(f"final: {method} seed {seed}: the search trial {b.trial_id} ran this config and seed "
+                              "to the end; its report-split numbers are reused")
+                progress.finished(trial_id, "completed", method, None, None)
+                continue
+            run_single(plan, method, learning_rate=learning_rate, hparams=chosen, seed=seed, trial_id=trial_id,
+                       phase="final", progress=progress)
+
+    leaderboard.write_summary(plan.results_dir)
+    progress.line(f"study {plan.study} finished in {_clock(time.time() - progress.start)}")
+    print()
+    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study))
+    return 0
+
+
+def _reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int, final_id: str) -> bool:
+    """A completed search trial with the final seed already has report-split numbers for the winning
+    config; training it again would only repeat them. Copy them as the final record (with a note)."""
+    src = df[(df.study == plan.study) & (df.method == method) & (df.trial_id == trial_id)
+             & (df.role == "report") & (df.status == "completed") & (df.seed == seed)]
+    if src.empty:
+        return False
+    rows = []
+    for rec in src.to_dict("records"):
+        rec = {k: (None if _isnan(v) else v) for k, v in rec.items()}
+        rec.update(trial_id=final_id, phase="final",
+                   status_reason=f"reuses search trial {trial_id} (same config and seed)")
+        rec["created_at"] = row_template()["created_at"]
+        rows.append(rec)
+    append_rows(plan.leaderboard_path, rows, dedupe=True)
+    return True
+
+
+def _isnan(v) -> bool:
+    try:
+        return v is None or (isinstance(v, float) and math.isnan(v)) or (hasattr(v, "isnan") and v.isnan())
+    except Exception:
+        return False
+
+
+def _write_twins(plan: Plan) -> None:
+    """Synthetic twins, written to a temp dir beside the target and renamed into place."""
+    from harness.data import write_synthetic
+
+    d = plan.profile.data
+    target = plan.data_dir
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_synthetic(tmp, seed=d.get("seed", 0), n_train=d.get("n_train", 64),
+                        n_validation=d.get("n_validation", 16))
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = _Parser(description="Run a Ray Tune + Optuna study over MoR1E and its baselines.")
+    ap.add_argument("--config", default=None,
+                    help="profile name in search_spaces/ (default, paper) or a profile .yaml file (default: default)")
+    ap.add_argument("--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded Ray)")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    ap.add_argument("--results-dir", default="results", help="where the leaderboard and study state go")
+    ap.add_argument("--data-dir", default=None, help="DATA_DIR/<dataset>/<split>.jsonl (overrides the profile's data)")
+    ap.add_argument("--study", default=None, help="study name (default: the profile's)")
+    return ap.parse_args(argv)
+
+
+def quiet_logs() -> None:
+    """Keep the terminal readable: Ray's per-process logs stay in its session dir."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    with contextlib.suppress(ImportError):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = build_plan(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    quiet_logs()
+    return run_study(plan)
+
+
+if __name__ == "__main__":
+    # Run through the importable module, so that what Tune pickles (callbacks,
+    # the driver function) refers to harness.search, not to __main__.
+    from harness.search import main as _main
+
+    sys.exit(_main())
