@@ -40,6 +40,8 @@ from typing import Any
 if __package__ in (None, ""):  # `python harness/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import optuna
+
 from harness import leaderboard
 from harness.records import append_rows, read_rows, row_template
 from harness.searchspace import (
@@ -98,14 +100,14 @@ class Plan:
             use_gpu=p.resources["use_gpu"],
             zero_stage=p.resources["zero_stage"],
         )
-        if p.data.get("train_limit") is not None:
-            kwargs["train_limit"] = p.data["train_limit"]
         return kwargs
 
 
 def _trial_config_class():
-    from harness.train import TrialConfig
-
+    try:
+        from harness.train import TrialConfig
+    except ImportError:  # defined in harness.trial; harness.train re-exports it
+        from harness.trial import TrialConfig
     return TrialConfig
 
 
@@ -127,7 +129,7 @@ def _count_train_examples(raw: dict, data_dir: Path | None, synthetic: bool) -> 
     from harness.data.loading import selection_size
     from harness.data.adapters import get_adapter
 
-    cap = raw["data"].get("train_limit")
+    cap = raw["training"].get("train_limit", _default_field("train_limit"))
     total = 0
     for d in raw["datasets"]:
         if synthetic and data_dir is None:
@@ -142,6 +144,15 @@ def _count_train_examples(raw: dict, data_dir: Path | None, synthetic: bool) -> 
         n -= selection_size(n)
         total += min(n, cap) if cap else n
     return total
+
+
+def _default_field(name: str):
+    try:
+        fields = {f.name: f for f in dataclasses.fields(_trial_config_class())}
+    except ImportError:
+        return None
+    f = fields.get(name)
+    return None if f is None or f.default is dataclasses.MISSING else f.default
 
 
 def _count_rows(data_dir: Path, dataset: str, split: str) -> int | None:
@@ -511,45 +522,41 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error):
 # ----------------------------------------------------------------- the search
 
 
-class QuasiRandomThenTPE:
-    """Sobol quasi-random points for the first ``n_quasi`` trials, TPE after (explore, then exploit).
+class QuasiRandomThenTPE(optuna.samplers.BaseSampler):
+    """Sobol quasi-random points for the first ``n_quasi`` trials, TPE after: explore, then exploit.
 
-    Built lazily so that importing this module does not import optuna.
+    Picks by trial number, so the switch is the same after a resume (Optuna
+    numbers trials in its SQLite storage). Module-level so Tune can pickle it
+    with the searcher's checkpoint.
     """
 
-    def __new__(cls, n_quasi: int, seed: int):
-        import optuna
+    def __init__(self, n_quasi: int, seed: int):
+        self.n_quasi = n_quasi
+        self.qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                              warn_independent_sampling=False, warn_asynchronous_seeding=False)
+        self.tpe = optuna.samplers.TPESampler(n_startup_trials=n_quasi, seed=seed)
 
-        class _Sampler(optuna.samplers.BaseSampler):
-            def __init__(self):
-                self.qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
-                                                      warn_independent_sampling=False,
-                                                      warn_asynchronous_seeding=False)
-                self.tpe = optuna.samplers.TPESampler(n_startup_trials=n_quasi, seed=seed)
+    def _pick(self, trial):
+        return self.qmc if trial.number < self.n_quasi else self.tpe
 
-            def _pick(self, trial):
-                return self.qmc if trial.number < n_quasi else self.tpe
+    def infer_relative_search_space(self, study, trial):
+        return self._pick(trial).infer_relative_search_space(study, trial)
 
-            def infer_relative_search_space(self, study, trial):
-                return self._pick(trial).infer_relative_search_space(study, trial)
+    def sample_relative(self, study, trial, search_space):
+        return self._pick(trial).sample_relative(study, trial, search_space)
 
-            def sample_relative(self, study, trial, search_space):
-                return self._pick(trial).sample_relative(study, trial, search_space)
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._pick(trial).sample_independent(study, trial, param_name, param_distribution)
 
-            def sample_independent(self, study, trial, param_name, param_distribution):
-                return self._pick(trial).sample_independent(study, trial, param_name, param_distribution)
+    def before_trial(self, study, trial):
+        self._pick(trial).before_trial(study, trial)
 
-            def before_trial(self, study, trial):
-                self._pick(trial).before_trial(study, trial)
+    def after_trial(self, study, trial, state, values):
+        self._pick(trial).after_trial(study, trial, state, values)
 
-            def after_trial(self, study, trial, state, values):
-                self._pick(trial).after_trial(study, trial, state, values)
-
-            def reseed_rng(self):
-                self.qmc.reseed_rng()
-                self.tpe.reseed_rng()
-
-        return _Sampler()
+    def reseed_rng(self):
+        self.qmc.reseed_rng()
+        self.tpe.reseed_rng()
 
 
 def _tune_space(space: Space) -> dict:
@@ -567,7 +574,6 @@ def _tune_space(space: Space) -> dict:
 
 
 def _searcher(plan: Plan, method: str, algorithm: str):
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     s = plan.profile.search

@@ -49,7 +49,7 @@ PROFILE_KEYS = {
     "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
 }
-DATA_KEYS = {"synthetic", "data_dir", "seed", "n_train", "n_validation", "train_limit"}
+DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
 SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "scheduler", "grace_period", "reduction_factor", "metric"}
 FINAL_KEYS = {"seeds"}
 RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus"}
@@ -357,8 +357,6 @@ def parse_profile(
     for key in ("n_train", "n_validation"):
         if key in data_cfg:
             _positive_int(data_cfg[key], f"{source}: data.{key}")
-    if data_cfg.get("train_limit") is not None:
-        _positive_int(data_cfg["train_limit"], f"{source}: data.train_limit")
     raw["data"] = data_cfg
 
     search = raw.setdefault("search", {}) or {}
