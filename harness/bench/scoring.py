@@ -1,0 +1,160 @@
+"""Batched option scoring against per-example greedy one-token generation.
+
+    python -m harness.bench scoring [--model smollm2-135m] [--examples 96] [--batch-size 16] [--threads 2]
+
+The authors' evaluation generates one token per example, one example at a
+time, and compares it with the answer letter. This harness instead scores every
+option by log-likelihood, many examples per forward pass. Both run here on the
+same letter-format examples (synthetic twins, spread over several datasets);
+cloze scoring of the same examples (option texts as continuations, several
+tokens each) is timed too. Prints a markdown table and the agreement between
+the predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+DEFAULT_DATASETS = ("boolq", "rte", "copa", "anli", "hellaswag", "piqa", "siqa", "mmlu")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m harness.bench scoring", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="preset, hub id or local path")
+    p.add_argument("--examples", type=int, default=96, help="number of examples, spread over --datasets")
+    p.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS))
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass of the batched scorer")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--repeat", type=int, default=1, help="time each method this many times, keep the fastest")
+    p.add_argument("--no-cloze", action="store_true", help="skip the cloze-scoring row")
+    p.add_argument("--seed", type=int, default=0, help="synthetic twin seed")
+    return p
+
+
+def _examples(datasets, n, fmt, tmp):
+    """``n`` examples taken round-robin over ``datasets``, from twins written under ``tmp``."""
+    from harness.data import load_examples
+
+    per = [load_examples(d, "report", data_dir=tmp, fmt=fmt) for d in datasets]
+    out = []
+    for i in range(max(len(p) for p in per)):
+        out += [p[i] for p in per if i < len(p)]
+    return out[:n]
+
+
+def generation_predictions(model, tokenizer, examples) -> list[int]:
+    """The authors' scoring: greedy-generate one token per example, match it to an option.
+
+    -1 when the generated token is none of the options.
+    """
+    import torch
+
+    preds = []
+    with torch.no_grad():
+        for ex in examples:
+            enc = tokenizer(ex.prompt, return_tensors="pt")
+            out = model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            word = tokenizer.decode(out[0, enc["input_ids"].shape[1]:]).strip()
+            options = [o.strip() for o in ex.options]
+            preds.append(options.index(word) if word in options else -1)
+    return preds
+
+
+def _timed(fn, repeat):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from harness.data import DATASETS
+
+    unknown = [d for d in args.datasets if d not in DATASETS]
+    if unknown:
+        print(f"scoring: unknown dataset {unknown[0]!r}; expected some of: {' '.join(DATASETS)}", file=sys.stderr)
+        return 2
+    for name in ("examples", "batch_size", "threads", "repeat"):
+        if getattr(args, name) < 1:
+            print(f"scoring: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    from harness.models import check_model_name
+
+    try:
+        check_model_name(args.model)
+    except ValueError as e:
+        print(f"scoring: {e}", file=sys.stderr)
+        return 2
+
+    import numpy as np
+    import torch
+
+    from harness.data import write_synthetic
+    from harness.evaluate import predictions, score_examples
+    from harness.models import load_model
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        per_dataset = -(-args.examples // len(args.datasets))
+        write_synthetic(tmp, seed=args.seed, n_train=0, n_validation=per_dataset, datasets=tuple(args.datasets))
+        letter = _examples(args.datasets, args.examples, "letter", tmp)
+        cloze = _examples(args.datasets, args.examples, "cloze", tmp)
+    model, tokenizer = load_model(args.model)
+    print(f"{len(letter)} examples from {', '.join(args.datasets)}; {args.model}, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.2f} before timing", file=sys.stderr)
+
+    # Warm-up, so that neither method pays for first-call allocation.
+    score_examples(model, tokenizer, letter[:4], batch_size=args.batch_size, progress=False)
+    generation_predictions(model, tokenizer, letter[:2])
+
+    rows = []
+    print("generating one token per example ...", file=sys.stderr)
+    gen_s, gen_pred = _timed(lambda: generation_predictions(model, tokenizer, letter), args.repeat)
+    print("batched letter scoring ...", file=sys.stderr)
+    score_s, loglikes = _timed(
+        lambda: score_examples(model, tokenizer, letter, batch_size=args.batch_size, progress=False), args.repeat)
+    score_pred = [p for p, _ in predictions(letter, loglikes)]
+    gold = np.array([ex.gold for ex in letter])
+    rows.append(("greedy 1-token generation, batch 1 (authors)", "letter", gen_s, np.mean(np.array(gen_pred) == gold)))
+    rows.append((f"batched option scoring, batch {args.batch_size}", "letter", score_s,
+                 np.mean(np.array(score_pred) == gold)))
+    if not args.no_cloze:
+        print("batched cloze scoring ...", file=sys.stderr)
+        cloze_s, cloze_ll = _timed(
+            lambda: score_examples(model, tokenizer, cloze, batch_size=args.batch_size, progress=False), args.repeat)
+        cloze_pred = [p for p, _ in predictions(cloze, cloze_ll)]
+        rows.append((f"batched option scoring, batch {args.batch_size}", "cloze", cloze_s,
+                     np.mean(np.array(cloze_pred) == gold)))
+    load_after = os.getloadavg()[0]
+
+    n = len(letter)
+    print("| method | format | examples | seconds | examples/s | speed-up | accuracy |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for method, fmt, seconds, acc in rows:
+        print(f"| {method} | {fmt} | {n} | {seconds:.2f} | {n / seconds:.2f} | {gen_s / seconds:.2f}x | {acc:.3f} |")
+    agree = np.mean(np.array(gen_pred) == np.array(score_pred))
+    valid = np.array(gen_pred) >= 0
+    agree_valid = np.mean(np.array(gen_pred)[valid] == np.array(score_pred)[valid]) if valid.any() else float("nan")
+    print()
+    print(f"Agreement of generation and batched letter scoring: {agree:.3f} of {n} examples; "
+          f"{agree_valid:.3f} of the {int(valid.sum())} where the generated token was one of the letters.")
+    print(f"Load average (1 min): {load_after:.2f} after timing; "
+          f"torch threads {args.threads}; best of {args.repeat}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
