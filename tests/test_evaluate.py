@@ -262,3 +262,43 @@ def test_evaluate_examples_reports_per_dataset_metrics_of_the_scores(tiny):
     assert {k: v["n_examples"] for k, v in result.items()} == {"boolq": 1, "copa": 1, "mmlu": 2}
     with pytest.raises(ValueError, match="intuition_scores must have shape"):
         evaluate_examples(model, tok, LETTER_EXAMPLES, intuition_scores=np.zeros((3, 8)), progress=False)
+
+
+# ---------------------------------------------------------------- intuition scores
+
+
+def test_intuition_scores_reach_the_mor1e_layers_per_row():
+    import mor1e
+
+    model, tok = load_model("tiny-random-llama", seed=1)
+    k = 4
+    mor1e.wrap(model, mor1e.MoR1EConfig(r1=2, r2=2, num_clusters=k))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mor1e_B"):
+                p.normal_(0, 0.5)  # B starts at 0, which would make the adapter (and scores) invisible
+    examples = LETTER_EXAMPLES[:2] + [LETTER_EXAMPLES[0]]  # the third shares the first's prompt
+    scores = np.eye(k, dtype=np.float32)[[0, 1, 3]]
+    batched = score_examples(model, tok, examples, intuition_scores=scores, progress=False)
+    one_by_one = [score_examples(model, tok, [ex], intuition_scores=s[None], progress=False)[0]
+                  for ex, s in zip(examples, scores)]
+    for b, o in zip(batched, one_by_one):
+        np.testing.assert_allclose(b, o, atol=1e-4, rtol=0)
+    # Same prompt, different intuition: different numbers, so those rows were not shared.
+    assert np.abs(np.subtract(batched[0], batched[2])).max() > 1e-3
+    # Scores are cleared afterwards: the routers hold none, and a call without scores
+    # equals token routing alone.
+    routers = [m for m in model.modules() if isinstance(m, mor1e.MoR1ERouter)]
+    assert routers and all(r.intuition_scores is None for r in routers)
+    plain = score_examples(model, tok, examples, progress=False)
+    assert np.abs(np.subtract(plain[0], batched[0])).max() > 1e-3
+    np.testing.assert_allclose(plain[0], plain[2], atol=1e-5, rtol=0)
+
+
+def test_intuition_scores_on_an_unwrapped_model_change_nothing(tiny):
+    model, tok = tiny
+    with_scores = score_examples(model, tok, LETTER_EXAMPLES, intuition_scores=np.ones((4, 3)), progress=False)
+    without = score_examples(model, tok, LETTER_EXAMPLES, progress=False)
+    for a, b in zip(with_scores, without):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
