@@ -94,7 +94,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 def max_length_of(model, tokenizer) -> int:
     """The longest input the model is scored on: its position limit, else the tokenizer's."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    config = getattr(_unwrapped(model), "config", None)
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
     return min(limits) if limits else DEFAULT_MAX_LENGTH
 
@@ -112,9 +113,14 @@ class _Row:
     pairs: list = None  # (pair index, continuation ids)
 
 
+def _unwrapped(model):
+    """The HF model inside a wrapper such as a DeepSpeed engine (whose forward takes ``**kwargs``)."""
+    return getattr(model, "module", model)
+
+
 def _forward_options(model) -> dict[str, str | bool]:
-    """Which optional arguments ``model.forward`` takes (checked once per call)."""
-    params = inspect.signature(model.forward).parameters
+    """Which optional arguments the model's forward takes (checked once per call)."""
+    params = inspect.signature(_unwrapped(model).forward).parameters
     keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
     return {"keep_arg": keep_arg, "position_ids": "position_ids" in params}
 
