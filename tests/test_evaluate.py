@@ -325,3 +325,31 @@ def test_intuition_scores_on_an_unwrapped_model_change_nothing(tiny):
     without = score_examples(model, tok, LETTER_EXAMPLES, progress=False)
     for a, b in zip(with_scores, without):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--examples", "0"], "--examples must be >= 1"),
+    (["--datasets", "boolq", "nope"], "unknown dataset 'nope'"),
+    (["--model", "smollm"], "unknown model"),
+])
+def test_scoring_benchmark_rejects_bad_arguments_in_one_line(argv, message, capsys):
+    from harness.bench import scoring
+
+    assert scoring.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_scoring_benchmark_prints_its_table_on_the_tiny_model(capsys):
+    from harness.bench import scoring
+
+    assert scoring.main(["--model", "tiny-random-llama", "--examples", "6", "--datasets", "boolq", "mmlu"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[0].startswith("| method | format | examples | seconds | examples/s | speed-up |")
+    assert len(table) == 1 + 4  # generation, batch-1 scoring, batched letter, batched cloze
+    assert all("| 6 |" in row for row in table[1:])
+    assert "Agreement of generation and batched letter scoring" in out

@@ -7,8 +7,9 @@ time, and compares it with the answer letter. This harness instead scores every
 option by log-likelihood, many examples per forward pass. Both run here on the
 same letter-format examples (synthetic twins, spread over several datasets);
 cloze scoring of the same examples (option texts as continuations, several
-tokens each) is timed too. Prints a markdown table and the agreement between
-the predictions.
+tokens each) is timed too, and so is option scoring one example per forward,
+which separates the gain of batching from the overhead of ``generate``. Prints
+a markdown table and the agreement between the predictions.
 """
 
 from __future__ import annotations
@@ -127,8 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     score_s, loglikes = _timed(
         lambda: score_examples(model, tokenizer, letter, batch_size=args.batch_size, progress=False), args.repeat)
     score_pred = [p for p, _ in predictions(letter, loglikes)]
+    print("option scoring one example at a time ...", file=sys.stderr)
+    single_s, single_ll = _timed(
+        lambda: score_examples(model, tokenizer, letter, batch_size=1, progress=False), args.repeat)
+    single_pred = [p for p, _ in predictions(letter, single_ll)]
     gold = np.array([ex.gold for ex in letter])
     rows.append(("greedy 1-token generation, batch 1 (authors)", "letter", gen_s, np.mean(np.array(gen_pred) == gold)))
+    rows.append(("option scoring, batch 1", "letter", single_s, np.mean(np.array(single_pred) == gold)))
     rows.append((f"batched option scoring, batch {args.batch_size}", "letter", score_s,
                  np.mean(np.array(score_pred) == gold)))
     if not args.no_cloze:
