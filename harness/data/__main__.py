@@ -75,8 +75,6 @@ def _show(args: argparse.Namespace) -> int:
             print(json.dumps(ex.to_json(), ensure_ascii=False))
         else:
             print(f"--- {ex.id} (gold {ex.gold}: {ex.options[ex.gold].strip()})\n{ex.prompt}")
-    if stats.n_skipped:
-        print(f"skipped {stats.n_skipped} bad row(s) of {stats.n_rows} in {stats.source}", file=sys.stderr)
     return 0
 
 
