@@ -76,7 +76,8 @@ class MoR1ERouter(nn.Module):
         self.token_router = nn.Linear(d_in, self.experts, bias=False, **kw) if config.use_token_router else None
         self.prior = nn.Linear(config.num_clusters, self.experts, **kw) if config.use_intuition else None
         if config.use_token_router and config.use_intuition:
-            self.gate_logit = nn.Parameter(torch.full((), float(config.gate_init), **kw))
+            # Shape (1,), not (): DeepSpeed broadcasts parameters as byte views, which 0-dim tensors refuse.
+            self.gate_logit = nn.Parameter(torch.full((1,), float(config.gate_init), **kw))
         else:
             self.gate_logit = None
         self.intuition_scores: torch.Tensor | None = None
@@ -131,7 +132,7 @@ class MoR1ELinear(nn.Module):
         self.mor1e_B = nn.Parameter(torch.zeros(d_out, config.r2, **kw))
         # Same init as LoRA's A; B = 0 makes the wrapped layer equal the base exactly.
         nn.init.kaiming_uniform_(self.mor1e_A, a=math.sqrt(5))
-        self.mor1e_output_gate = nn.Parameter(torch.ones((), **kw)) if config.output_gate else None
+        self.mor1e_output_gate = nn.Parameter(torch.ones(1, **kw)) if config.output_gate else None
         if router is None:
             self.mor1e_router = MoR1ERouter(d_in, config, **kw)
         else:
