@@ -3,8 +3,8 @@
 An example is a context (the prompt) and a list of options (continuations).
 Each option gets the summed log-probability of its tokens given the context;
 the prediction is the argmax (``accuracy``), or the argmax of the log-likelihood
-divided by the option's length in UTF-8 bytes (``acc_norm``, as in
-lm-evaluation-harness).
+divided by the option's length in UTF-8 bytes, not counting the delimiter space
+(``acc_norm``, as in lm-evaluation-harness).
 
 How the work is shaped:
 
@@ -233,7 +233,8 @@ def option_logprobs(
     opts = _forward_options(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = [0.0] * len(contexts)
-    was_training = model.training
+    # Restore each submodule's own mode afterwards, not a blanket train().
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
@@ -255,8 +256,8 @@ def option_logprobs(
     finally:
         if intuition_scores is not None:
             _set_intuition(model, None)
-        if was_training:
-            model.train()
+        for module, training in modes:
+            module.training = training
     return out
 
 
@@ -297,12 +298,22 @@ def score_examples(model, tokenizer, examples, *, batch_size: int = 16, intuitio
     return out
 
 
+def option_bytes(option: str) -> int:
+    """The length acc_norm divides by: UTF-8 bytes of the option without its leading delimiter space.
+
+    lm-evaluation-harness scores ``" " + choice`` and divides by ``len(choice)``;
+    options here carry that space themselves, so it is dropped before counting.
+    """
+    text = option[1:] if option.startswith(" ") else option
+    return max(len(text.encode("utf-8")), 1)
+
+
 def predictions(examples, loglikes) -> list[tuple[int, int]]:
     """``(acc prediction, acc_norm prediction)`` per example; ties go to the first option."""
     preds = []
     for ex, ll in zip(examples, loglikes, strict=True):
         ll = np.asarray(ll, dtype=np.float64)
-        n_bytes = np.array([len(o.encode("utf-8")) for o in ex.options], dtype=np.float64)
+        n_bytes = np.array([option_bytes(o) for o in ex.options], dtype=np.float64)
         preds.append((int(np.argmax(ll)), int(np.argmax(ll / n_bytes))))
     return preds
 

@@ -10,6 +10,7 @@ from harness.evaluate import (
     encode_pair,
     evaluate_examples,
     metrics,
+    option_bytes,
     option_logprobs,
     predictions,
     score_examples,
@@ -191,12 +192,17 @@ def test_bad_arguments_fail_before_any_work(tiny):
 
 def test_training_mode_is_restored_and_no_graph_is_built(tiny):
     model, tok = tiny
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a: seen.append((torch.is_grad_enabled(), m.training)))
     model.train()
+    model.model.layers[0].eval()  # a mixed state must come back exactly
     try:
         out = option_logprobs(model, tok, ["Hi"], [" there"])
-        assert model.training
+        assert seen == [(False, False)]
+        assert model.training and model.model.layers[1].training and not model.model.layers[0].training
         assert isinstance(out[0], float)
     finally:
+        handle.remove()
         model.eval()
     option_logprobs(model, tok, ["Hi"], [" there"])
     assert not model.training
@@ -260,16 +266,18 @@ def test_cloze_options_sharing_a_context_mix_with_letter_rows(tiny):
 
 def test_accuracy_and_acc_norm_from_known_loglikes():
     examples = [
-        # Summed: " a" wins (-2 > -3). Per byte: -2/2 = -1.0 vs -3/12 = -0.25, the long option wins.
+        # Summed: " a" wins (-2 > -3). Per byte (delimiter space not counted):
+        # -2/1 = -2.0 vs -3/11 = -0.27, the long option wins.
         Ex("d1", "p", (" a", " much longer"), 1),
         # Both agree on option 0.
         Ex("d1", "p", (" yes", " no"), 0),
         # Both agree on option 1, which is wrong.
         Ex("d2", "p", (" x", " y", " z"), 0),
-        # Non-ASCII: "é" is 2 bytes, so " é" is 3 bytes; -3/3 = -1.0 beats -2.5/2 = -1.25 only per byte.
+        # "é" is 2 bytes but 1 character: -3/2 = -1.5 beats -2.5/1 per byte (per character it would not).
         Ex("d2", "p", (" é", " e"), 0),
     ]
     loglikes = [[-2.0, -3.0], [-1.0, -5.0], [-4.0, -1.0, -3.0], [-3.0, -2.5]]
+    assert [option_bytes(o) for o in (" a", " much longer", " é", "é", " ")] == [1, 11, 2, 2, 1]
     assert predictions(examples, loglikes) == [(0, 1), (0, 0), (1, 1), (1, 0)]
     assert metrics(examples, loglikes) == {
         "d1": {"accuracy": 0.5, "acc_norm": 1.0, "n_examples": 2},
