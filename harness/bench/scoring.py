@@ -53,6 +53,14 @@ def _examples(datasets, n, fmt, tmp):
     return out[:n]
 
 
+def _predict(model, tokenizer, examples, batch_size) -> list[int]:
+    """Argmax of the summed option log-likelihoods (the accuracy prediction)."""
+    from harness.evaluate import predictions, score_examples
+
+    loglikes = score_examples(model, tokenizer, examples, batch_size=batch_size, progress=False)
+    return [p for p, _ in predictions(examples, loglikes)]
+
+
 def generation_predictions(model, tokenizer, examples) -> list[int]:
     """The authors' scoring: greedy-generate one token per example, match it to an option.
 
@@ -71,13 +79,22 @@ def generation_predictions(model, tokenizer, examples) -> list[int]:
     return preds
 
 
-def _timed(fn, repeat):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def _time_interleaved(methods: dict, repeat: int) -> dict:
+    """Best-of-``repeat`` seconds and the result of each method, taking turns.
+
+    Taking turns, rather than timing one method ``repeat`` times and then the
+    next, spreads a change in machine load over all methods alike.
+    """
+    best = {name: (float("inf"), None) for name in methods}
+    for r in range(repeat):
+        for name, fn in methods.items():
+            print(f"[{r + 1}/{repeat}] {name[0]} ({name[1]}) ...", file=sys.stderr)
+            start = time.perf_counter()
+            result = fn()
+            seconds = time.perf_counter() - start
+            if seconds < best[name][0]:
+                best[name] = (seconds, result)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from harness.data import write_synthetic
-    from harness.evaluate import predictions, score_examples
+    from harness.evaluate import score_examples
     from harness.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -121,29 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     score_examples(model, tokenizer, letter[:4], batch_size=args.batch_size, progress=False)
     generation_predictions(model, tokenizer, letter[:2])
 
-    rows = []
-    print("generating one token per example ...", file=sys.stderr)
-    gen_s, gen_pred = _timed(lambda: generation_predictions(model, tokenizer, letter), args.repeat)
-    print("batched letter scoring ...", file=sys.stderr)
-    score_s, loglikes = _timed(
-        lambda: score_examples(model, tokenizer, letter, batch_size=args.batch_size, progress=False), args.repeat)
-    score_pred = [p for p, _ in predictions(letter, loglikes)]
-    print("option scoring one example at a time ...", file=sys.stderr)
-    single_s, single_ll = _timed(
-        lambda: score_examples(model, tokenizer, letter, batch_size=1, progress=False), args.repeat)
-    single_pred = [p for p, _ in predictions(letter, single_ll)]
-    gold = np.array([ex.gold for ex in letter])
-    rows.append(("greedy 1-token generation, batch 1 (authors)", "letter", gen_s, np.mean(np.array(gen_pred) == gold)))
-    rows.append(("option scoring, batch 1", "letter", single_s, np.mean(np.array(single_pred) == gold)))
-    rows.append((f"batched option scoring, batch {args.batch_size}", "letter", score_s,
-                 np.mean(np.array(score_pred) == gold)))
+    batched = f"batched option scoring, batch {args.batch_size}"
+    methods = {  # (method, format) -> predictions
+        ("greedy 1-token generation, batch 1 (authors)", "letter"):
+            lambda: generation_predictions(model, tokenizer, letter),
+        ("option scoring, batch 1", "letter"): lambda: _predict(model, tokenizer, letter, 1),
+        (batched, "letter"): lambda: _predict(model, tokenizer, letter, args.batch_size),
+    }
     if not args.no_cloze:
-        print("batched cloze scoring ...", file=sys.stderr)
-        cloze_s, cloze_ll = _timed(
-            lambda: score_examples(model, tokenizer, cloze, batch_size=args.batch_size, progress=False), args.repeat)
-        cloze_pred = [p for p, _ in predictions(cloze, cloze_ll)]
-        rows.append((f"batched option scoring, batch {args.batch_size}", "cloze", cloze_s,
-                     np.mean(np.array(cloze_pred) == gold)))
+        methods[(batched, "cloze")] = lambda: _predict(model, tokenizer, cloze, args.batch_size)
+    timed = _time_interleaved(methods, args.repeat)
+    gold = np.array([ex.gold for ex in letter])
+    gen_s, gen_pred = next(iter(timed.values()))
+    score_pred = timed[(batched, "letter")][1]
+    rows = [(name, fmt, seconds, np.mean(np.array(pred) == gold)) for (name, fmt), (seconds, pred) in timed.items()]
     load_after = os.getloadavg()[0]
 
     n = len(letter)
