@@ -1,0 +1,465 @@
+"""One trial, distributed: a Ray Train ``TorchTrainer`` whose workers finetune under DeepSpeed ZeRO.
+
+    python harness/train.py --method mor1e --model tiny-random-llama --datasets boolq,copa --steps 40
+
+The driver side lives here (the worker loop is ``harness.worker``):
+
+- ``check_trial``: the checks that need the filesystem or the cluster (model
+  name, data dir, workers vs CPUs/GPUs), before any worker starts;
+- ``prepare_data``: load the train/selection/report examples once, and for
+  methods that use it compute the intuition (embeddings, k-means, cluster
+  scores) once; the workers get it through the object store;
+- ``run_trial``: build and fit the ``TorchTrainer``; returns the final metrics.
+  Inside a Tune trial, pass ``callbacks=[TuneReportCallback()]`` and every
+  worker report reaches Tune (``selection_accuracy`` for ASHA);
+- ``trial_rows``: leaderboard rows (harness.records schema) for a trial;
+- ``main``: the single-trial CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+if __package__ in (None, ""):
+    # `python harness/train.py`: make the repository importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ray.train.v2.api.callback import UserCallback  # noqa: E402
+
+from harness.trial import TrialConfig  # noqa: E402
+
+# Logical CPUs of an embedded Ray: above the physical count, so a finished
+# trial's placement group being released late never starves the next trial's
+# workers (DESIGN.md, machine facts). Workers cap their torch threads instead.
+MIN_EMBEDDED_CPUS = 8
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_trial(cfg: TrialConfig, *, embedded: bool = True) -> None:
+    """ValueError naming the problem: model, data dir, or more workers than this machine/cluster has.
+
+    With ``embedded`` the worker count is checked against this machine's CPUs
+    (or GPUs); otherwise against the running Ray cluster's resources.
+    """
+    from harness.models import check_model_name
+
+    check_model_name(cfg.model)
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise ValueError(f"data dir {cfg.data_dir} does not exist")
+    if embedded:
+        if cfg.use_gpu:
+            import torch
+
+            have, kind = torch.cuda.device_count(), "GPUs"
+        else:
+            have, kind = os.cpu_count() or 1, "CPUs"
+    else:
+        import ray
+
+        resources = ray.cluster_resources()
+        kind = "GPUs" if resolve_use_gpu(cfg) else "CPUs"
+        have = int(resources.get(kind[:-1], 0))
+    if cfg.num_workers > have:
+        raise ValueError(f"{cfg.num_workers} workers requested but only {have} {kind} are available")
+
+
+def resolve_use_gpu(cfg: TrialConfig) -> bool:
+    """``cfg.use_gpu``, or when None: whether Ray (initialised) has any GPU."""
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
+
+
+# ---------------------------------------------------------------- data and intuition
+
+
+def prepare_data(cfg: TrialConfig, *, embed_cache_dir: str | os.PathLike | None = None):
+    """Examples of every role and, for intuition methods, their cluster scores (computed once, here)."""
+    from harness.data import load_examples
+    from harness.methods import method_config, uses_intuition
+    from harness.worker import TrialData
+
+    def load(role: str, limit: int | None) -> list:
+        out = []
+        for name in cfg.datasets:
+            out += load_examples(name, role, data_dir=cfg.data_dir, fmt=cfg.scoring, limit=limit,
+                                 seed=cfg.split_seed)
+        return out
+
+    train = load("train", cfg.train_limit) if cfg.trains else []
+    selection = load("selection", cfg.selection_limit)
+    report = load("report", cfg.report_limit)
+    if cfg.trains and not train:
+        raise ValueError(f"no training examples for {', '.join(cfg.datasets)}")
+    scores: list = [None, None, None]
+    if uses_intuition(cfg.method, cfg.hparams):
+        k = method_config(cfg.method, cfg.hparams).num_clusters
+        scores = intuition_scores([train, selection, report], k=k, seed=cfg.seed, cache_dir=embed_cache_dir)
+    return TrialData(train=train, selection=selection, report=report, train_scores=scores[0],
+                     selection_scores=scores[1], report_scores=scores[2],
+                     total_steps=cfg.total_steps(len(train)))
+
+
+def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=None) -> list:
+    """Cluster scores s (n, k) for each set: k-means on the first set's embeddings (the training mixture).
+
+    T-REX §3.2: the intuition of an instance is its similarity to each of k
+    centroids of the training instances' sentence embeddings.
+    """
+    from mor1e.intuition import cluster_scores, embed_texts, kmeans
+
+    if cache_dir is None:
+        from harness.models import cache_dir as model_cache
+
+        cache_dir = model_cache() / "embeddings"
+    train = example_sets[0]
+    if len(train) < k:
+        raise ValueError(f"num_clusters={k} is more than the {len(train)} training examples")
+    embeddings = [embed_texts([e.text for e in s], cache_dir=cache_dir) if s else None for s in example_sets]
+    centroids = kmeans(embeddings[0], k, seed=seed)
+    return [None if e is None else cluster_scores(e, centroids) for e in embeddings]
+
+
+# ---------------------------------------------------------------- running
+
+
+class _ProgressCallback(UserCallback):
+    """Runs in the Ray Train controller: forwards rank 0's reports to the driver through a queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put(metrics[0] if metrics else {})
+
+
+def _progress_line(m: dict) -> str:
+    per = " ".join(f"{d} {100 * v['accuracy']:.1f}" for d, v in sorted(m.get("selection", {}).items()))
+    loss = m.get("loss")
+    loss_s = "" if loss is None or (isinstance(loss, float) and math.isnan(loss)) else f" loss {loss:.4f}"
+    return (f"step {m.get('step')}/{m.get('total_steps')}{loss_s} "
+            f"selection {100 * m.get('selection_accuracy', float('nan')):.1f}% ({per})")
+
+
+def run_trial(cfg: TrialConfig, *, name: str, storage_path: str | os.PathLike, callbacks: Iterable = (),
+              progress: bool = False, data=None) -> dict[str, Any]:
+    """Run one trial as a Ray Train job (Ray must be initialised, or is started embedded); return its final metrics.
+
+    Reported metrics (every report; Tune sees them through TuneReportCallback):
+    ``step``, ``total_steps``, ``epoch``, ``loss`` (mean since the last report),
+    ``learning_rate``, ``selection_accuracy`` (mean over datasets) and
+    ``selection`` ({dataset: {accuracy, acc_norm, n_examples}}). The last report
+    adds ``report`` (same shape, report split), ``report_accuracy``,
+    ``trainable_params``, ``tokens``, ``tokens_per_s``, ``train_time_s``,
+    ``time_to_first_step_s``, ``peak_rss_mb`` (max over workers),
+    ``peak_rss_mb_per_worker``, ``resumed_from_step`` and ``finished``.
+    The returned dict is that last report plus ``checkpoint_path``,
+    ``run_path``, ``use_gpu`` and ``wall_s``. A run whose name already exists
+    under ``storage_path`` resumes from its last checkpoint (Ray Train V2).
+    Raises ``ray.train.TrainingFailedError`` when the workers fail more than
+    ``cfg.max_failures`` times.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from harness.worker import train_loop_per_worker
+
+    started = time.time()
+    if not ray.is_initialized():
+        from harness.ray_env import init_ray
+
+        init_ray(num_cpus=max(MIN_EMBEDDED_CPUS, os.cpu_count() or 1))
+    use_gpu = resolve_use_gpu(cfg)
+    resources = ray.cluster_resources()
+    have = int(resources.get("GPU" if use_gpu else "CPU", 0))
+    if cfg.num_workers > have:
+        kind = "GPUs" if use_gpu else "CPUs"
+        raise ValueError(f"{cfg.num_workers} workers requested but the Ray cluster has {have} {kind}")
+    if data is None:
+        data = prepare_data(cfg)
+
+    callbacks = list(callbacks)
+    queue = None
+    if progress:
+        from ray.util.queue import Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        callbacks.append(_ProgressCallback(queue))
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"trial": cfg.to_dict(), "data": ray.put(data), "use_gpu": use_gpu,
+                           "fit_started_at": time.time()},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            callbacks=callbacks,
+        ),
+    )
+    if queue is None:
+        result = trainer.fit()
+    else:
+        result = _fit_with_progress(trainer, queue)
+    out = dict(result.metrics or {})
+    out["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
+    out["run_path"] = result.path
+    out["use_gpu"] = use_gpu
+    out["wall_s"] = time.time() - started
+    return out
+
+
+def _fit_with_progress(trainer, queue):
+    box: dict[str, Any] = {}
+
+    def fit():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            metrics = queue.get(timeout=0.5)
+        except Exception:
+            continue
+        print(_progress_line(metrics), flush=True)
+    thread.join()
+    with contextlib.suppress(Exception):
+        import ray
+
+        ray.kill(queue.actor)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+# ---------------------------------------------------------------- records
+
+
+def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: str, status: str,
+               status_reason: str | None = None, phase: str = "single",
+               roles: tuple[str, ...] = ("selection", "report"), wall_s: float | None = None) -> list[dict]:
+    """Leaderboard rows for one trial: one per (dataset, role) with numbers, or one bare row (failed)."""
+    from harness.data import split_name
+    from harness.methods import method_config, num_experts
+    from harness.records import row_template
+
+    result = result or {}
+    config = method_config(cfg.method, cfg.hparams)
+    clusters = getattr(config, "num_clusters", None) if cfg.method == "mor1e" else None
+    temperature = getattr(config, "router_temperature", None)
+
+    def num(v, kind):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return kind(v)
+
+    common = dict(
+        study=study, method=cfg.method, trial_id=trial_id, status=status, status_reason=status_reason,
+        trainable_params=num(result.get("trainable_params"), int),
+        num_experts=num_experts(cfg.method, cfg.hparams), num_clusters=clusters,
+        router_temperature=num(temperature, float),
+        learning_rate=cfg.learning_rate if cfg.trains else None,
+        zero_stage=cfg.zero_stage, num_workers=cfg.num_workers, model=cfg.model, seed=cfg.seed,
+        scoring=cfg.scoring, phase=phase,
+        hparams_json=json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "fault_probe_dir")},
+                                sort_keys=True, default=str),
+        steps=num(result.get("step"), int), tokens_per_s=num(result.get("tokens_per_s"), float),
+        peak_rss_mb=num(result.get("peak_rss_mb"), float),
+        wall_s=num(wall_s if wall_s is not None else result.get("wall_s"), float),
+    )
+    rows = []
+    for role in roles:
+        for dataset in cfg.datasets:
+            m = (result.get(role) or {}).get(dataset)
+            if m is None:
+                continue
+            rows.append(row_template(**common, dataset=dataset, split=split_name(dataset, role), role=role,
+                                     accuracy=num(m.get("accuracy"), float), acc_norm=num(m.get("acc_norm"), float),
+                                     n_examples=num(m.get("n_examples"), int)))
+    if not rows:
+        rows.append(row_template(**common, dataset=None, split=None, role=None, accuracy=None, acc_norm=None,
+                                 n_examples=None))
+    return rows
+
+
+def format_table(cfg: TrialConfig, result: dict) -> str:
+    """Markdown table: per dataset selection and report accuracy / acc_norm / n."""
+    lines = ["| dataset | selection acc | report acc | report acc_norm | report n |",
+             "|---|---|---|---|---|"]
+
+    def pct(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+    for d in cfg.datasets:
+        s = (result.get("selection") or {}).get(d, {})
+        r = (result.get("report") or {}).get(d, {})
+        lines.append(f"| {d} | {pct(s.get('accuracy'))} | {pct(r.get('accuracy'))} | {pct(r.get('acc_norm'))} "
+                     f"| {r.get('n_examples', '-')} |")
+    lines.append(f"| **mean** | {pct(result.get('selection_accuracy'))} | {pct(result.get('report_accuracy'))} "
+                 "| | |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python harness/train.py", description="Run one trial (one method, one hyperparameter set).")
+    p.add_argument("--method", required=True, help="mor1e, lora, molora, dense or zeroshot")
+    p.add_argument("--model", default="smollm2-135m", help="preset (tiny-random-llama, smollm2-135m), hub id or dir")
+    p.add_argument("--datasets", default="all", help="'all' or comma-separated names")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 100, or from --epochs)")
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3))
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (processes)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: GPU if Ray has one")
+    p.add_argument("--data-dir", default=None, help="DATA_DIR/<dataset>/<split>.jsonl; default: synthetic twins")
+    p.add_argument("--synthetic-train", type=int, default=200, help="train rows per twin (no --data-dir)")
+    p.add_argument("--synthetic-validation", type=int, default=50, help="report rows per twin (no --data-dir)")
+    p.add_argument("--out", default="results/single", help="writes <out>/leaderboard.parquet and <out>/runs/")
+    p.add_argument("--study", default="single", help="leaderboard study name")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--train-limit", type=int, default=None, help="training examples per dataset")
+    p.add_argument("--selection-limit", type=int, default=None)
+    p.add_argument("--report-limit", type=int, default=None)
+    p.add_argument("--max-seq-len", type=int, default=None)
+    p.add_argument("--scoring", choices=("letter", "cloze"), default="letter")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--hparams", default="{}", help='method hyperparameters as JSON, e.g. \'{"r1": 4, "r2": 8}\'')
+    p.add_argument("--max-failures", type=int, default=None)
+    p.add_argument("--address", default=None, help="join a running Ray cluster (default: embedded Ray)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    try:
+        hparams = json.loads(args.hparams)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--hparams is not valid JSON: {exc.msg}") from None
+    kwargs: dict[str, Any] = dict(
+        method=args.method, model=args.model, datasets=args.datasets, hparams=hparams, steps=args.steps,
+        epochs=args.epochs, zero_stage=args.zero_stage, num_workers=args.workers, data_dir=args.data_dir,
+        seed=args.seed, scoring=args.scoring, dtype=args.dtype,
+        use_gpu={"auto": None, "cpu": False, "gpu": True}[args.device],
+    )
+    optional = {"learning_rate": args.lr, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+                "warmup_steps": args.warmup_steps, "eval_every": args.eval_every, "train_limit": args.train_limit,
+                "selection_limit": args.selection_limit, "report_limit": args.report_limit,
+                "max_seq_len": args.max_seq_len, "max_failures": args.max_failures}
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    return TrialConfig(**kwargs)
+
+
+def _quiet_logs() -> None:
+    for name in ("ray", "ray.train", "ray.tune", "ray.data", "deepspeed", "DeepSpeed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        check_trial(cfg, embedded=args.address is None and not os.environ.get("RAY_ADDRESS"))
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a directory")
+        if args.data_dir is None and (args.synthetic_train < 1 or args.synthetic_validation < 1):
+            raise ValueError("--synthetic-train and --synthetic-validation must be >= 1")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    _quiet_logs()
+    from harness.data import DataError, write_synthetic
+    from harness.ray_env import init_ray
+    from harness.records import append_rows
+
+    trial_id = f"{cfg.method}-{secrets.token_hex(4)}"
+    with contextlib.ExitStack() as stack:
+        if cfg.data_dir is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mor1e-twins-"))
+            write_synthetic(tmp, seed=0, n_train=args.synthetic_train, n_validation=args.synthetic_validation,
+                            datasets=cfg.datasets)
+            cfg = TrialConfig.from_dict({**cfg.to_dict(), "data_dir": tmp})
+            print(f"data: synthetic twins ({args.synthetic_train} train / {args.synthetic_validation} "
+                  f"report rows each)", flush=True)
+        try:
+            data = prepare_data(cfg)
+        except (DataError, ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"trial {trial_id}: {cfg.method} on {cfg.model}, {len(cfg.datasets)} dataset(s), "
+              f"{len(data.train)} train / {len(data.selection)} selection / {len(data.report)} report examples, "
+              f"{data.total_steps} steps, {cfg.num_workers} worker(s), ZeRO-{cfg.zero_stage}", flush=True)
+        init_ray(args.address, num_cpus=max(MIN_EMBEDDED_CPUS, os.cpu_count() or 1))
+        start = time.time()
+        try:
+            result = run_trial(cfg, name=trial_id, storage_path=(out / "runs").resolve(), progress=True, data=data)
+            status, reason = "completed", None
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # recorded as a failed trial, then reported
+            result, status, reason = {}, "failed", " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        wall = time.time() - start
+    rows = trial_rows(cfg if args.data_dir else TrialConfig.from_dict({**cfg.to_dict(), "data_dir": None}),
+                      result, study=args.study, trial_id=trial_id, status=status, status_reason=reason,
+                      wall_s=wall)
+    append_rows(out / "leaderboard.parquet", rows)
+    if status != "completed":
+        print(f"trial {trial_id} failed: {reason}", file=sys.stderr)
+        print(f"recorded in {out / 'leaderboard.parquet'}", file=sys.stderr)
+        return 1
+    print()
+    print(format_table(cfg, result))
+    print()
+    print(f"trainable params {result.get('trainable_params'):,} | tokens/s {result.get('tokens_per_s', 0):.0f} | "
+          f"peak RSS {result.get('peak_rss_mb', 0):.0f} MB/worker | first step after "
+          f"{_fmt(result.get('time_to_first_step_s'))} s | wall {wall:.0f} s")
+    print(f"checkpoint: {result.get('checkpoint_path')}")
+    print(f"recorded {len(rows)} rows in {out / 'leaderboard.parquet'}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

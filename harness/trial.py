@@ -1,0 +1,207 @@
+"""What one trial is: the typed, validated configuration a Ray Train worker learns everything from.
+
+A trial is one method with one hyperparameter set, trained on the multi-task
+mixture of ``datasets`` and evaluated on their selection and report splits.
+``TrialConfig`` holds values only; it never reads files, the environment or the
+working directory (``harness.train.check_trial`` does the checks that need to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.data import DATASETS, FORMATS
+from harness.methods import METHODS, method_config
+
+SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+ZERO_STAGES = (0, 1, 2, 3)
+DEFAULT_STEPS = 100
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _number(name: str, value: Any, *, low: float, low_inclusive: bool, high: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value <= high)
+    if not ok:
+        bound = f">= {low}" if low_inclusive else f"> {low}"
+        if high is not None:
+            bound += f" and <= {high}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+@dataclass
+class TrialConfig:
+    """One trial. Field names are the keys of a profile's ``training:`` block and of ``--`` flags."""
+
+    method: str
+    """One of harness.methods.METHODS (mor1e, lora, molora, dense, zeroshot)."""
+    model: str = "smollm2-135m"
+    """A preset of harness.models, a hub id or a local directory."""
+    datasets: tuple[str, ...] = DATASETS
+    """The training mixture and the evaluation sets."""
+    hparams: dict[str, Any] = field(default_factory=dict)
+    """Method hyperparameters (harness.methods.apply_method keys)."""
+    learning_rate: float = 1e-3
+    """Peak learning rate (AdamW), reached after ``warmup_steps``."""
+    steps: int | None = None
+    """Optimizer steps. None: from ``epochs`` if given, else DEFAULT_STEPS."""
+    epochs: float | None = None
+    """Passes over the training mixture; used only when ``steps`` is None."""
+    batch_size: int = 8
+    """Examples per micro-batch per worker."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the effective batch is batch_size * grad_accum * num_workers."""
+    warmup_steps: int = 10
+    """Linear warmup from 0 to ``learning_rate`` (capped at steps - 1)."""
+    schedule: str = "cosine"
+    """Decay after warmup: cosine, linear (both to min_lr_ratio * lr) or constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """Gradient clipping (DeepSpeed ``gradient_clipping``); 0 disables it."""
+    max_seq_len: int = 512
+    """Training sequences longer than this lose context tokens from the left (the answer is kept)."""
+    dtype: str = "auto"
+    """auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16. Low precision needs a GPU."""
+    train_limit: int | None = 200
+    """Training examples per dataset (first N of the train role); None keeps all."""
+    selection_limit: int | None = 64
+    """Selection examples per dataset scored at each evaluation; None keeps all."""
+    report_limit: int | None = None
+    """Report-split examples per dataset scored at the end; None keeps all."""
+    eval_every: int = 0
+    """Optimizer steps between selection evaluations (each one a report to Tune); 0: only at the end."""
+    checkpoint_every: int | None = None
+    """Steps between checkpoints; None: at every evaluation. Each checkpoint is reported with its metrics."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in storage (the newest ones)."""
+    eval_batch_size: int = 16
+    scoring: str = "letter"
+    """Prompt format for training and scoring: letter or cloze (harness.data.FORMATS)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0 to 3."""
+    num_workers: int = 1
+    """Ray Train workers (one process each; one GPU each with use_gpu)."""
+    use_gpu: bool | None = None
+    """None: use GPUs when the Ray cluster has at least num_workers of them."""
+    seed: int = 0
+    """Model init (tiny preset), adapter init and the mixture's shuffle."""
+    split_seed: int = 0
+    """Carves selection out of train; fixed across trials so every trial is selected on the same examples."""
+    data_dir: str | None = None
+    """DATA_DIR/<dataset>/<split>.jsonl|parquet; None: the HF hub (needs the network)."""
+    max_failures: int = 1
+    """Worker-group restarts (from the last checkpoint) before the trial fails."""
+    torch_threads: int | None = None
+    """Threads per worker; None: the node's CPUs divided by num_workers."""
+    fault_probe_dir: str | None = None
+    """Tests only: after the first checkpoint of a fresh (not resumed) run, every rank writes
+    ``rank<r>.pid`` here and waits up to 60 s, so a test can kill a worker at a known step."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty string, got {self.model!r}")
+        if isinstance(self.datasets, str):
+            self.datasets = tuple(d for d in self.datasets.split(",") if d) if self.datasets != "all" else DATASETS
+        self.datasets = tuple(self.datasets)
+        if not self.datasets:
+            raise ValueError("datasets must name at least one dataset")
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {', '.join(unknown)}: expected names from {' '.join(DATASETS)}")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets has duplicates: {', '.join(self.datasets)}")
+        if not isinstance(self.hparams, dict):
+            raise ValueError(f"hparams must be a dict, got {type(self.hparams).__name__}")
+        self.hparams = dict(self.hparams)
+        method_config(self.method, self.hparams)  # unknown keys / bad values -> ValueError
+        _number("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
+        _positive_int("steps", self.steps, allow_none=True)
+        if self.epochs is not None:
+            _number("epochs", self.epochs, low=0.0, low_inclusive=False)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("grad_accum", self.grad_accum)
+        _positive_int("warmup_steps", self.warmup_steps, allow_zero=True)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _number("min_lr_ratio", self.min_lr_ratio, low=0.0, low_inclusive=True, high=1.0)
+        _number("weight_decay", self.weight_decay, low=0.0, low_inclusive=True)
+        _number("max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=True)
+        _positive_int("max_seq_len", self.max_seq_len)
+        if self.max_seq_len < 8:
+            raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("train_limit", "selection_limit", "report_limit"):
+            _positive_int(name, getattr(self, name), allow_none=True)
+        _positive_int("eval_every", self.eval_every, allow_zero=True)
+        _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
+        _positive_int("keep_checkpoints", self.keep_checkpoints)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        if self.scoring not in FORMATS:
+            raise ValueError(f"scoring must be one of {', '.join(FORMATS)}, got {self.scoring!r}")
+        if self.zero_stage not in ZERO_STAGES or isinstance(self.zero_stage, bool):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        _positive_int("num_workers", self.num_workers)
+        if self.use_gpu not in (None, True, False):
+            raise ValueError(f"use_gpu must be true, false or null, got {self.use_gpu!r}")
+        if self.use_gpu is False and self.dtype in ("bf16", "fp16"):
+            raise ValueError(f"dtype {self.dtype} needs a GPU; use fp32 (or auto) on CPU")
+        _positive_int("seed", self.seed, allow_zero=True)
+        _positive_int("split_seed", self.split_seed, allow_zero=True)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            self.data_dir = str(self.data_dir)
+        _positive_int("max_failures", self.max_failures, allow_zero=True)
+        _positive_int("torch_threads", self.torch_threads, allow_none=True)
+
+    @property
+    def trains(self) -> bool:
+        """False for zeroshot: the trial only evaluates."""
+        return self.method != "zeroshot"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["datasets"] = list(self.datasets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrialConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.num_workers
+
+    def total_steps(self, n_train_examples: int) -> int:
+        """Optimizer steps this trial runs, given the size of the training mixture."""
+        if not self.trains:
+            return 0
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * n_train_examples / self.effective_batch()))
+        return DEFAULT_STEPS
+
+    def resolved_dtype(self, use_gpu: bool) -> str:
+        if self.dtype == "auto":
+            return "bf16" if use_gpu else "fp32"
+        return self.dtype
