@@ -1,0 +1,234 @@
+"""Fast tests of one trial's pieces: config validation, schedule, data order, tokenisation, rows, CLI bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.data import DATASETS, Example
+from harness.trial import DEFAULT_STEPS, TrialConfig
+from harness.worker import (
+    batch_indices,
+    collate,
+    deepspeed_config,
+    encode_training_example,
+    evaluate_split,
+    lr_multiplier,
+    mean_accuracy,
+)
+
+
+# ---------------------------------------------------------------- TrialConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(method="nope"), "method"),
+        (dict(datasets=("boolq", "nope")), "dataset"),
+        (dict(datasets=()), "datasets"),
+        (dict(datasets=("boolq", "boolq")), "duplicates"),
+        (dict(zero_stage=4), "zero_stage"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(steps=0), "steps"),
+        (dict(steps=10, epochs=1.0), "steps or epochs"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(num_workers=0), "num_workers"),
+        (dict(schedule="step"), "schedule"),
+        (dict(dtype="fp8"), "dtype"),
+        (dict(use_gpu=False, dtype="bf16"), "GPU"),
+        (dict(scoring="free"), "scoring"),
+        (dict(hparams={"r3": 2}), "r3"),
+        (dict(hparams={"router_temperature": 0.0}), "router_temperature"),
+        (dict(max_seq_len=4), "max_seq_len"),
+        (dict(min_lr_ratio=1.5), "min_lr_ratio"),
+    ],
+)
+def test_trial_config_rejects_bad_values_naming_the_field(kwargs, field):
+    base = dict(method="mor1e", model="tiny-random-llama")
+    with pytest.raises(ValueError, match=field):
+        TrialConfig(**{**base, **kwargs})
+
+
+def test_trial_config_defaults_round_trip_and_steps():
+    cfg = TrialConfig(method="lora", datasets=["boolq", "copa"], batch_size=4, grad_accum=2, num_workers=2)
+    assert cfg.datasets == ("boolq", "copa")
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrialConfig(method="mor1e", datasets="all").datasets == DATASETS
+    assert TrialConfig(method="mor1e", datasets="copa,rte").datasets == ("copa", "rte")
+    assert cfg.effective_batch() == 16
+    assert cfg.total_steps(1000) == DEFAULT_STEPS
+    assert TrialConfig(method="lora", steps=7).total_steps(1000) == 7
+    # 2 epochs of 100 examples at effective batch 16 -> ceil(200 / 16) = 13 steps
+    assert TrialConfig(method="lora", epochs=2.0, batch_size=4, grad_accum=2, num_workers=2).total_steps(100) == 13
+    assert TrialConfig(method="zeroshot").total_steps(100) == 0
+    with pytest.raises(ValueError, match="unknown TrialConfig field"):
+        TrialConfig.from_dict({"method": "lora", "stepz": 3})
+
+
+def test_resolved_dtype_and_deepspeed_config():
+    cfg = TrialConfig(method="mor1e", zero_stage=3, batch_size=4, grad_accum=2, num_workers=2, max_grad_norm=0.5)
+    ds = deepspeed_config(cfg, use_gpu=False)
+    assert ds["zero_optimization"] == {"stage": 3}
+    assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["optimizer"]["params"]["torch_adam"] is True
+    assert "bf16" not in ds and "fp16" not in ds  # fp32 on CPU
+    assert deepspeed_config(cfg, use_gpu=True)["bf16"] == {"enabled": True}
+    fp16 = TrialConfig(method="mor1e", dtype="fp16")
+    assert deepspeed_config(fp16, use_gpu=True)["fp16"]["enabled"] is True
+    assert "gradient_clipping" not in deepspeed_config(TrialConfig(method="dense", max_grad_norm=0.0), use_gpu=False)
+
+
+# ---------------------------------------------------------------- schedule and data order
+
+
+def test_lr_multiplier_warmup_then_cosine_to_min_ratio():
+    f = lambda s: lr_multiplier(s, total=11, warmup=2, schedule="cosine", min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.5) and f(1) == pytest.approx(1.0)
+    # after warmup, progress p = (s - 2) / 8; cosine: 0.1 + 0.9 * (1 + cos(pi p)) / 2
+    assert f(2) == pytest.approx(1.0)
+    assert f(6) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(10) == pytest.approx(0.1)
+    values = [f(s) for s in range(2, 11)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert lr_multiplier(5, total=11, warmup=0, schedule="linear", min_ratio=0.0) == pytest.approx(0.5)
+    assert lr_multiplier(9, total=11, warmup=3, schedule="constant", min_ratio=0.0) == 1.0
+    # warmup longer than the run is capped so the last step is at the peak, not beyond
+    assert lr_multiplier(0, total=1, warmup=5, schedule="cosine", min_ratio=0.0) == pytest.approx(1.0)
+
+
+def test_batch_indices_shard_disjointly_cover_each_epoch_and_depend_only_on_the_step():
+    n, world, bs = 24, 2, 3
+    per_epoch = n // (world * bs)  # 4 micro-steps per epoch
+    for epoch in range(2):
+        seen = []
+        for m in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+            shards = [batch_indices(n, seed=5, micro_step=m, batch_size=bs, rank=r, world=world) for r in range(world)]
+            assert not set(shards[0]) & set(shards[1])
+            seen += shards[0] + shards[1]
+        assert sorted(seen) == list(range(n))  # every example exactly once per epoch
+    first = [batch_indices(n, seed=5, micro_step=m, batch_size=bs, rank=0, world=world) for m in range(4)]
+    other_seed = [batch_indices(n, seed=6, micro_step=m, batch_size=bs, rank=0, world=world) for m in range(4)]
+    assert first != other_seed
+    assert batch_indices(n, seed=5, micro_step=2, batch_size=bs, rank=0, world=world) == first[2]
+    # the order of epoch 1 is a different permutation than epoch 0
+    e0 = sum((batch_indices(n, seed=5, micro_step=m, batch_size=bs, rank=0, world=1) for m in range(8)), [])
+    e1 = sum((batch_indices(n, seed=5, micro_step=m, batch_size=bs, rank=0, world=1) for m in range(8, 16)), [])
+    assert sorted(e0) == sorted(e1) == list(range(n)) and e0 != e1
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from harness.models import load_tokenizer
+
+    return load_tokenizer("tiny-random-llama")
+
+
+def test_training_tokens_are_the_scored_tokens(tokenizer):
+    from harness.evaluate import encode_pair
+
+    prompt, target = "Q: is the sky blue?\nA. no\nB. yes\nAnswer:", " B"
+    ids, n_ctx = encode_training_example(tokenizer, prompt, target, max_seq_len=512)
+    ctx, cont = encode_pair(tokenizer, prompt, target)
+    assert ids == ctx + cont and n_ctx == len(ctx)
+    short, n_short = encode_training_example(tokenizer, prompt, target, max_seq_len=8)
+    assert len(short) == 8 and short[-len(cont):] == cont and short[:n_short] == ctx[-n_short:]
+
+    input_ids, attention, labels = collate([(ids, n_ctx), (short, n_short)], pad_id=0)
+    assert input_ids.shape == (2, len(ids))
+    assert labels[0].tolist() == [-100] * n_ctx + cont
+    assert labels[1].tolist() == [-100] * n_short + cont + [-100] * (len(ids) - len(short))
+    assert attention[1].tolist() == [1] * len(short) + [0] * (len(ids) - len(short))
+
+
+def test_mean_accuracy_weighs_datasets_equally():
+    per = {"a": {"accuracy": 1.0, "n_examples": 100}, "b": {"accuracy": 0.0, "n_examples": 2}}
+    assert mean_accuracy(per) == 0.5
+    assert math.isnan(mean_accuracy({}))
+
+
+def test_evaluate_split_on_one_worker_matches_evaluate_examples(tokenizer):
+    from harness.evaluate import evaluate_examples
+    from harness.models import load_model
+    from harness.worker import _Collectives
+
+    model, tok = load_model("tiny-random-llama", seed=0)
+    examples = [
+        Example(id=f"{d}-{i}", dataset=d, prompt=f"Item {i} of {d}.\nA. one\nB. two\nAnswer:", choices=("one", "two"),
+                options=(" A", " B"), gold=i % 2, text=f"Item {i} of {d}.")
+        for d in ("boolq", "copa") for i in range(5)
+    ]
+    cfg = TrialConfig(method="zeroshot", model="tiny-random-llama", datasets=("boolq", "copa", "rte"))
+    got = evaluate_split(model, tok, examples, None, datasets=cfg.datasets, cfg=cfg, rank=0, world=1,
+                         replicate=False, comm=_Collectives(1, "cpu"))
+    want = evaluate_examples(model, tok, examples, progress=False)
+    assert set(got) == {"boolq", "copa"}  # rte has no examples: no entry
+    for d in want:
+        assert got[d]["n_examples"] == want[d]["n_examples"] == 5
+        assert got[d]["accuracy"] == pytest.approx(want[d]["accuracy"])
+        assert got[d]["acc_norm"] == pytest.approx(want[d]["acc_norm"])
+
+
+# ---------------------------------------------------------------- rows
+
+
+def test_trial_rows_fit_the_leaderboard_schema(tmp_path):
+    from harness.records import append_rows, read_rows
+    from harness.train import trial_rows
+
+    cfg = TrialConfig(method="mor1e", model="tiny-random-llama", datasets=("boolq", "anli"),
+                      hparams={"r1": 2, "r2": 4, "num_clusters": 3, "router_temperature": 0.5}, seed=3)
+    m = lambda a: {"accuracy": a, "acc_norm": a / 2, "n_examples": 10}  # noqa: E731
+    result = {"step": 30, "selection": {"boolq": m(0.6), "anli": m(0.4)}, "report": {"boolq": m(0.7), "anli": m(0.3)},
+              "trainable_params": 1234, "tokens_per_s": 99.0, "peak_rss_mb": 900.0, "wall_s": 12.0}
+    rows = trial_rows(cfg, result, study="s", trial_id="t1", status="completed")
+    assert len(rows) == 4
+    by = {(r["dataset"], r["role"]): r for r in rows}
+    assert by[("anli", "report")]["split"] == "dev_r1" and by[("boolq", "report")]["split"] == "validation"
+    assert by[("anli", "report")]["accuracy"] == 0.3 and by[("boolq", "selection")]["acc_norm"] == 0.3
+    r = rows[0]
+    assert (r["num_experts"], r["num_clusters"], r["router_temperature"]) == (8, 3, 0.5)
+    assert (r["trainable_params"], r["steps"], r["seed"], r["scoring"]) == (1234, 30, 3, "letter")
+    failed = trial_rows(TrialConfig(method="lora"), None, study="s", trial_id="t2", status="failed",
+                        status_reason="WorkerGroupError: boom")
+    assert len(failed) == 1 and failed[0]["accuracy"] is None and failed[0]["num_clusters"] is None
+    path = tmp_path / "leaderboard.parquet"
+    assert append_rows(path, rows + failed) == 5
+    assert read_rows(path).num_rows == 5
+
+
+# ---------------------------------------------------------------- CLI bad input
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "nope"], "unknown method"),
+        (["--method", "mor1e", "--model", "not a model"], "unknown model"),
+        (["--method", "mor1e", "--data-dir", "/nonexistent/mor1e-data"], "does not exist"),
+        (["--method", "mor1e", "--workers", "4096"], "4096 workers"),
+        (["--method", "mor1e", "--datasets", "boolq,nope"], "unknown dataset"),
+        (["--method", "mor1e", "--hparams", "{not json"], "--hparams"),
+        (["--method", "lora", "--hparams", '{"r1": 2}'], "r1"),
+        (["--method", "mor1e", "--zero-stage", "5"], "zero-stage"),
+        (["--method", "mor1e", "--steps", "0"], "steps"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2_before_ray(argv, message, capsys, tmp_path):
+    import ray
+
+    from harness.train import main
+
+    with pytest.raises(SystemExit) as exc_info:
+        raise SystemExit(main([*argv, "--out", str(tmp_path / "out")]))
+    assert exc_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
