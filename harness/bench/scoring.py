@@ -117,14 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scoring: {e}", file=sys.stderr)
         return 2
 
-    import numpy as np
     import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args) -> int:
+    import numpy as np
 
     from harness.data import write_synthetic
     from harness.evaluate import score_examples
     from harness.models import load_model
 
-    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         per_dataset = -(-args.examples // len(args.datasets))
         write_synthetic(tmp, seed=args.seed, n_train=0, n_validation=per_dataset, datasets=tuple(args.datasets))
