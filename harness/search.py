@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # `python harness/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optuna
+from ray.tune.search.optuna import OptunaSearch
 
 from harness import leaderboard
 from harness.records import append_rows, read_rows, row_template
@@ -356,25 +357,51 @@ def trial_records(
 
 
 def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, seed: int,
-                 storage_path: str) -> None:
-    """One Tune trial: build the TrialConfig from the sampled point and run it as a Ray Train job."""
+                 storage_path: str, recorded: dict | None = None) -> None:
+    """One Tune trial: build the TrialConfig from the sampled point and run it as a Ray Train job.
+
+    ``recorded``: on resume, trials the leaderboard already holds. Tune's own
+    snapshot can lag the leaderboard by a moment; a trial it restarts that was
+    in fact finished replays its recorded outcome instead of training again.
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from harness.train import run_trial
 
-    sampled = {k: config[k] for k in space_params if k in config}
-    space = Space(method, space_params, "trial")
-    learning_rate, hparams = expand_params(method, sampled, space)
-    cfg = make_trial_config(base, learning_rate=learning_rate, hparams=hparams, seed=seed)
     trial_id = tune.get_context().get_trial_id()
+    if recorded and trial_id in recorded:
+        status, reason, metrics = recorded[trial_id]
+        if status == "failed":
+            raise RuntimeError(reason or "trial failed")
+        tune.report(metrics)
+        return
+    learning_rate, hparams, seed = trial_point(method, space_params, seed, config)
+    cfg = make_trial_config(base, learning_rate=learning_rate, hparams=hparams, seed=seed)
     start = time.time()
     result = run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=[TuneReportCallback()])
-    final = _json_safe(result)
+    # The last worker report already reached Tune (TuneReportCallback); this one
+    # marks the trial as run to the end. Only keys with values: the recorder
+    # merges reports, and Train's returned metrics are those of the last
+    # *checkpointed* report, which an evaluate-only (zeroshot) run never makes.
+    final = {k: v for k, v in _json_safe(result).items() if v is not None}
     final["done_final"] = True
     final["wall_s"] = time.time() - start
-    final.setdefault(METRIC, result.get(METRIC))
     tune.report(final)
+
+
+def trial_point(method: str, space_params: dict | None, seed: int, config: dict) -> tuple[float | None, dict, int]:
+    """(learning_rate, hparams, seed) of a Tune trial's config.
+
+    Search trials carry the sampled point (e.g. expert_shape "4x8"); fixed runs
+    (reference, final) carry ``learning_rate`` + expanded ``hparams`` + ``seed``.
+    """
+    if "hparams" in config:
+        return config.get("learning_rate"), dict(config["hparams"]), int(config.get("seed", seed))
+    space = Space(method, space_params, "trial") if space_params else None
+    sampled = {k: config[k] for k in (space_params or {}) if k in config}
+    learning_rate, hparams = expand_params(method, sampled, space)
+    return learning_rate, hparams, int(config.get("seed", seed))
 
 
 def _json_safe(d: dict) -> dict:
@@ -445,18 +472,19 @@ except ImportError:  # pragma: no cover - ray is a dependency
 class RecordAndReport(_TuneCallback):
     """Runs on this (driver) process: records each finished trial and prints progress."""
 
-    def __init__(self, plan: Plan, method: str, seed: int, space: Space):
-        self.plan, self.method, self.seed, self.space = plan, method, seed, space
+    def __init__(self, plan: Plan, method: str, seed: int, space: Space | None, phase: str = "search"):
+        self.plan, self.method, self.seed, self.space, self.phase = plan, method, seed, space, phase
         self.last: dict[str, dict] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         progress = _progress()
         progress.running.add(trial.trial_id)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
-        progress.line(f"{self.method} trial {trial.trial_id} started: {shown}")
+        progress.line(f"{self.method} {self.phase} trial {trial.trial_id} started: {shown}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.last[trial.trial_id] = result
+        # Merged: the driver's closing report adds to the workers' last one.
+        self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **result}
         if not result.get("done_final") and METRIC in result:
             step = result.get("step", result.get("training_iteration"))
             _progress().line(f"{self.method} trial {trial.trial_id} step {step}: selection "
@@ -472,12 +500,16 @@ class RecordAndReport(_TuneCallback):
         progress = _progress()
         result = self.last.get(trial.trial_id) or trial.last_result or {}
         status, reason, rows = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id,
-                                            trial.config, result, error)
+                                            trial.config, result, error, phase=self.phase)
         append_rows(self.plan.leaderboard_path, rows, dedupe=True)
         score = result.get(METRIC) if status == "completed" else None
         progress.finished(trial.trial_id, status, self.method, score, result.get("time_total_s"))
-        progress.line(f"{self.method} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
-                      + (f", selection {100 * score:.1f}%" if score is not None else ""))
+        report = [m.get("accuracy") for m in _per_dataset(result, "report").values()]
+        report = [a for a in report if a is not None]
+        progress.line(f"{self.method} {self.phase} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
+                      + (f", selection {100 * score:.1f}%" if score is not None else "")
+                      + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and self.phase != "search"
+                         else ""))
         progress.line(progress.status())
 
 
@@ -500,20 +532,22 @@ def _trial_error(trial) -> str:
     return (lines[-1] if lines else "trial failed")[:300]
 
 
-def record_trial(plan, method, space, seed, trial_id, config, result, error):
-    sampled = {k: config[k] for k in space.searched() if k in config}
-    learning_rate, hparams = expand_params(method, sampled, space)
+def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search"):
+    """(status, reason, rows) for a finished Tune trial: completed, pruned (ASHA) or failed."""
+    learning_rate, hparams, seed = trial_point(method, space.params if space else None, seed, config or {})
     if error is not None:
         status, reason = "failed", error
         roles = ("selection",)
     elif result.get("done_final"):
         status, reason = "completed", None
+        # Search trials publish nothing: their report numbers stay out of the table
+        # unless the final phase reuses them (same config and seed).
         roles = ("selection", "report")
     else:
         step = result.get("step", result.get("training_iteration", 0))
         status, reason = "pruned", f"asha stopped at step {step}"
         roles = ("selection",)
-    rows = trial_records(plan, method=method, trial_id=trial_id, phase="search", status=status,
+    rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status,
                          status_reason=reason, learning_rate=learning_rate, hparams=hparams, seed=seed,
                          metrics=result, roles=roles, wall_s=result.get("time_total_s"))
     return status, reason, rows
@@ -559,6 +593,47 @@ class QuasiRandomThenTPE(optuna.samplers.BaseSampler):
         self.tpe.reseed_rng()
 
 
+class StudySearch(OptunaSearch):
+    """OptunaSearch that ignores results for an Optuna trial its SQLite study already closed.
+
+    That happens only on resume, when a trial finished in the interrupted run is
+    replayed (see trial_driver); the study keeps the first, real outcome.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
+def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[str, tuple[str, str | None, dict]]:
+    """{trial_id: (status, reason, metrics as the driver reported them)} already in the leaderboard."""
+    if not plan.leaderboard_path.exists():
+        return {}
+    df = read_rows(plan.leaderboard_path).to_pandas()
+    df = df[(df.study == plan.study) & (df.method == method) & (df.phase == phase)]
+    out = {}
+    for trial_id, rows in df.groupby("trial_id"):
+        first = rows.iloc[0]
+        metrics: dict[str, Any] = {}
+        for role in ("selection", "report"):
+            part = rows[rows.role == role]
+            if not part.empty:
+                metrics[role] = {r.dataset: {"accuracy": _float(r.accuracy), "acc_norm": _float(r.acc_norm),
+                                             "n_examples": _int(r.n_examples)} for r in part.itertuples()}
+        sel = rows[rows.role == "selection"].accuracy.dropna()
+        if not sel.empty:
+            metrics[METRIC] = float(sel.mean())
+        extras = dict(step=_int(first.steps), trainable_params=_int(first.trainable_params),
+                      tokens_per_s=_float(first.tokens_per_s), peak_rss_mb=_float(first.peak_rss_mb))
+        metrics.update({k: v for k, v in extras.items() if v is not None})
+        if first.status == "completed":
+            metrics["done_final"] = True
+        out[trial_id] = (first.status, first.status_reason, metrics)
+    return out
+
+
 def _tune_space(space: Space) -> dict:
     from ray import tune
 
@@ -574,8 +649,6 @@ def _tune_space(space: Space) -> dict:
 
 
 def _searcher(plan: Plan, method: str, algorithm: str):
-    from ray.tune.search.optuna import OptunaSearch
-
     s = plan.profile.search
     if algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=s["seed"])
@@ -585,7 +658,7 @@ def _searcher(plan: Plan, method: str, algorithm: str):
         sampler = optuna.samplers.TPESampler(seed=s["seed"])
     plan.optuna_path.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{plan.optuna_path}")
-    return OptunaSearch(sampler=sampler, storage=storage, study_name=f"{plan.study}-{method}")
+    return StudySearch(sampler=sampler, storage=storage, study_name=f"{plan.study}-{method}")
 
 
 def num_evals(plan: Plan) -> int:
@@ -596,91 +669,92 @@ def num_evals(plan: Plan) -> int:
     return 10
 
 
+def _run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_space: dict, num_samples: int,
+               space: Space | None, progress: Progress, search_alg=None, scheduler=None) -> None:
+    """Run (or, with --resume, restore and finish) one Tuner over trial_driver; record every trial."""
+    from ray import tune
+
+    seed = plan.profile.final["seeds"][0]
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_driver, base=plan.base_trial(method), method=method,
+            space_params=space.params if space else None, seed=seed,
+            storage_path=str(plan.ray_dir / "train"),
+            recorded=recorded_outcomes(plan, method, phase) if plan.resume else None,
+        ),
+        # The driver only waits on its TorchTrainer; a whole CPU would starve small machines.
+        {"cpu": 0.01},
+    )
+    path = plan.ray_dir / experiment
+    if plan.resume and (path / "tuner.pkl").exists():
+        progress.line(f"{method} {phase}: resuming {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        if path.exists():  # a start that was killed before Tune saved any state
+            shutil.rmtree(path)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                max_concurrent_trials=plan.profile.max_concurrent_trials,
+                trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=str(plan.ray_dir),
+                callbacks=[RecordAndReport(plan, method, seed, space, phase)],
+                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    grid = tuner.fit()
+    reconcile(plan, method, space, seed, grid, phase)
+
+
 def run_method_search(plan: Plan, method: str, progress: Progress, *, algorithm: str | None = None,
                       scheduler: str | None = None) -> None:
-    from ray import tune
+    """The search phase for one method: Optuna (TPE after Sobol, or random) + ASHA (or none)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     p = plan.profile
     s = p.search
     algorithm = algorithm or s["algorithm"]
     scheduler = scheduler or s["scheduler"]
+    max_evals = num_evals(plan) + 1  # the driver's closing report is one more iteration
+    sched = (ASHAScheduler(max_t=max_evals, grace_period=min(s["grace_period"], max_evals),
+                           reduction_factor=s["reduction_factor"])
+             if scheduler == "asha" else FIFOScheduler())
     space = p.spaces[method]
-    seed = p.final["seeds"][0]
-    base = plan.base_trial(method)
-    train_storage = str(plan.ray_dir / "train")
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=base, method=method, space_params=space.params, seed=seed,
-                             storage_path=train_storage),
-        # The driver only waits on its TorchTrainer; a whole CPU would starve small machines.
-        {"cpu": 0.01},
-    )
-    path = plan.ray_dir / plan.experiment_name(method)
-    if plan.resume and (path / "tuner.pkl").exists():
-        progress.line(f"{method}: resuming from {path}")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-    else:
-        if path.exists():  # an interrupted start that never saved its state
-            shutil.rmtree(path)
-        max_evals = num_evals(plan) + 1  # the driver's final report is one more iteration
-        sched = (ASHAScheduler(max_t=max_evals, grace_period=min(s["grace_period"], max_evals),
-                               reduction_factor=s["reduction_factor"])
-                 if scheduler == "asha" else FIFOScheduler())
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_tune_space(space),
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", search_alg=_searcher(plan, method, algorithm), scheduler=sched,
-                num_samples=p.trials_per_method, max_concurrent_trials=p.max_concurrent_trials,
-                trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
-            ),
-            run_config=tune.RunConfig(
-                name=plan.experiment_name(method), storage_path=str(plan.ray_dir),
-                callbacks=[RecordAndReport(plan, method, seed, space)],
-                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-    grid = tuner.fit()
-    reconcile(plan, method, space, seed, grid)
+    _run_tuner(plan, method, experiment=f"search-{method}", phase="search", param_space=_tune_space(space),
+               num_samples=p.trials_per_method, space=space, progress=progress,
+               search_alg=_searcher(plan, method, algorithm), scheduler=sched)
 
 
-def reconcile(plan: Plan, method: str, space: Space, seed: int, grid) -> None:
-    """Record every trial of a finished Tuner run that the callbacks did not (e.g. after a kill)."""
+def run_fixed(plan: Plan, method: str, *, phase: str, learning_rate, hparams: dict, seeds: list[int],
+              progress: Progress) -> None:
+    """Reference / final runs: one config, one trial per seed, no early stopping."""
+    from ray import tune
+
+    space = plan.profile.spaces.get(method)
+    param_space = {"learning_rate": learning_rate, "hparams": hparams, "seed": tune.grid_search(list(seeds))}
+    _run_tuner(plan, method, experiment=f"{phase}-{method}", phase=phase, param_space=param_space,
+               num_samples=1, space=space, progress=progress)
+
+
+def reconcile(plan: Plan, method: str, space: Space | None, seed: int, grid, phase: str) -> None:
+    """Record finished trials the callback missed (a kill between Tune's snapshot and the append)."""
+    done = {t for m, t in _recorded(plan) if m == method}
     rows = []
     for result in grid:
         trial_id = Path(result.path).name
+        if trial_id in done:
+            continue
         error = _one_line(result.error) if result.error is not None else None
-        metrics = result.metrics or {}
-        config = result.config or {}
-        _, _, r = record_trial(plan, method, space, seed, trial_id, config, metrics, error)
+        _, _, r = record_trial(plan, method, space, seed, trial_id, result.config or {}, result.metrics or {},
+                               error, phase=phase)
         rows += r
     if rows:
         append_rows(plan.leaderboard_path, rows, dedupe=True)
-
-
-def run_single(plan: Plan, method: str, *, learning_rate, hparams, seed, trial_id, phase, progress) -> str:
-    """One trial outside Tune (reference and final phases); recorded whatever happens."""
-    from harness.train import run_trial
-
-    cfg = make_trial_config(plan.base_trial(method), learning_rate=learning_rate, hparams=hparams, seed=seed)
-    progress.line(f"{phase}: {method} seed {seed} started ({trial_id})")
-    start = time.time()
-    try:
-        result = run_trial(cfg, name=f"{trial_id}", storage_path=str(plan.ray_dir / "train"))
-        status, reason = "completed", None
-    except Exception as exc:  # recorded, not raised: one failure must not lose the study
-        result, status, reason = {}, "failed", _one_line(exc)
-    wall = time.time() - start
-    rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status, status_reason=reason,
-                         learning_rate=learning_rate, hparams=hparams, seed=seed, metrics=result,
-                         roles=("report",), wall_s=wall)
-    append_rows(plan.leaderboard_path, rows, dedupe=True)
-    progress.finished(trial_id, status, method, None, wall)
-    acc = [r["accuracy"] for r in rows if r["accuracy"] is not None]
-    progress.line(f"{phase}: {method} seed {seed} {status}" + (f" ({reason})" if reason else "")
-                  + (f", report mean {100 * sum(acc) / len(acc):.1f}%" if acc else "") + f" in {wall:.0f}s")
-    return status
 
 
 def _recorded(plan: Plan) -> set[tuple[str, str]]:
@@ -695,35 +769,30 @@ def _recorded(plan: Plan) -> set[tuple[str, str]]:
 def run_study(plan: Plan) -> int:
     from harness.ray_env import init_ray
 
+    global _PROGRESS
     p = plan.profile
     total = (len(p.methods) * p.trials_per_method + len(p.methods) * len(p.final["seeds"]) + len(p.reference))
-    global _PROGRESS
     progress = _PROGRESS = Progress(total)
     progress.line(f"study {plan.study}: {p.model}, {len(p.datasets)} datasets, methods {' '.join(p.methods)}, "
                   f"{p.trials_per_method} trials each, final seeds {p.final['seeds']}, results in {plan.results_dir}")
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     if plan.synthetic and not plan.data_dir.exists():
         _write_twins(plan)
-
     init_ray(plan.address, num_cpus=p.resources.get("ray_num_cpus"))
-    done = _recorded(plan)
 
-    # 1. reference rows (no search)
+    # 1. reference rows: one evaluation each, no search
     for method in p.reference:
-        trial_id = f"{method}-reference"
-        if (method, trial_id) in done:
-            progress.counts["completed"] += 1
-            continue
-        run_single(plan, method, learning_rate=None, hparams={}, seed=p.final["seeds"][0], trial_id=trial_id,
-                   phase="reference", progress=progress)
+        progress.line(f"reference: {method}")
+        run_fixed(plan, method, phase="reference", learning_rate=None, hparams={}, seeds=[p.final["seeds"][0]],
+                  progress=progress)
 
-    # 2. search, one Tuner per method
+    # 2. search, one Tuner (and one Optuna study) per method
     for method in p.methods:
         progress.line(f"search: {method} ({p.trials_per_method} trials, {p.search['algorithm']} + "
                       f"{p.search['scheduler']})")
         run_method_search(plan, method, progress)
 
-    # 3. final: best config per method (chosen on selection) on the report split, per seed
+    # 3. final: each method's best config (chosen on selection) per seed, scored on the report split
     df = leaderboard.load(plan.results_dir)
     best = leaderboard.best_trials(df, plan.study).set_index("method")
     for method in p.methods:
@@ -734,18 +803,17 @@ def run_study(plan: Plan) -> int:
         chosen = json.loads(b.hparams_json)
         learning_rate = chosen.pop("learning_rate")
         progress.line(f"final: {method} best trial {b.trial_id} (selection {100 * b.selection_accuracy:.1f}%)")
+        seeds = []
         for seed in p.final["seeds"]:
-            trial_id = f"{method}-final-s{seed}"
-            if (method, trial_id) in done:
-                continue
-            reused = _reuse_search_trial(plan, df, method, b.trial_id, seed, trial_id)
-            if reused:
-                progress.line(f"final: {method} seed {seed}: the search trial {b.trial_id} ran this config and seed "
-                              "to the end; its report-split numbers are reused")
-                progress.finished(trial_id, "completed", method, None, None)
-                continue
-            run_single(plan, method, learning_rate=learning_rate, hparams=chosen, seed=seed, trial_id=trial_id,
-                       phase="final", progress=progress)
+            if _reuse_search_trial(plan, df, method, b.trial_id, seed):
+                progress.line(f"final: {method} seed {seed}: search trial {b.trial_id} ran this config with this "
+                              "seed to the end; its report-split numbers are the final record")
+                progress.finished(f"{b.trial_id}-final-s{seed}", "completed", method, None, None)
+            else:
+                seeds.append(seed)
+        if seeds:
+            run_fixed(plan, method, phase="final", learning_rate=learning_rate, hparams=chosen, seeds=seeds,
+                      progress=progress)
 
     leaderboard.write_summary(plan.results_dir)
     progress.line(f"study {plan.study} finished in {_clock(time.time() - progress.start)}")
@@ -754,9 +822,10 @@ def run_study(plan: Plan) -> int:
     return 0
 
 
-def _reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int, final_id: str) -> bool:
-    """A completed search trial with the final seed already has report-split numbers for the winning
-    config; training it again would only repeat them. Copy them as the final record (with a note)."""
+def _reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int) -> bool:
+    """A completed search trial already trained the winning config with this seed and scored the report
+    split; training it again would repeat those numbers. Record them as the final run (with a note)."""
+    final_id = f"{trial_id}-final-s{seed}"
     src = df[(df.study == plan.study) & (df.method == method) & (df.trial_id == trial_id)
              & (df.role == "report") & (df.status == "completed") & (df.seed == seed)]
     if src.empty:
@@ -773,9 +842,14 @@ def _reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int, f
 
 
 def _isnan(v) -> bool:
+    """True for None, NaN, NaT and pd.NA scalars (as pandas hands back missing values)."""
+    import pandas as pd
+
+    if isinstance(v, (list, tuple, dict)):
+        return False
     try:
-        return v is None or (isinstance(v, float) and math.isnan(v)) or (hasattr(v, "isnan") and v.isnan())
-    except Exception:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
         return False
 
 
@@ -824,14 +898,15 @@ def quiet_logs() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Snapshot Tune's experiment state every second (default: every >= 10 s), so
+    # that a killed study's snapshot is close to its leaderboard when resumed.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    with contextlib.suppress(ImportError):
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -434,11 +434,15 @@ def load_profile(config: str | None, **kwargs) -> Profile:
     return parse_profile(_read_yaml(path), str(path), **kwargs)
 
 
-def expand_params(method: str, params: dict[str, Any], space: Space) -> tuple[float, dict[str, Any]]:
-    """Sampled + fixed values -> (learning_rate, hparams for harness.methods.apply_method)."""
-    values = {name: p.value for name, p in space.params.items() if p.role == "fixed"}
+def expand_params(method: str, params: dict[str, Any], space: Space | None) -> tuple[float | None, dict[str, Any]]:
+    """Sampled + fixed values -> (learning_rate, hparams for harness.methods.apply_method).
+
+    ``space`` None (zeroshot): no parameters; learning_rate None.
+    """
+    values = {name: p.value for name, p in space.params.items() if p.role == "fixed"} if space else {}
     values.update(params)
-    learning_rate = float(values.pop("learning_rate"))
+    lr = values.pop("learning_rate", None)
+    learning_rate = None if lr is None else float(lr)
     if "expert_shape" in values:
         values["r1"], values["r2"] = parse_shape(values.pop("expert_shape"), method)
     if "alpha_ratio" in values:

@@ -1,0 +1,181 @@
+"""Whole studies through `python harness/search.py`: real Ray Tune, Optuna (SQLite), Train, Parquet.
+
+One results dir is shared by the module: study s1 (2 methods x 3 trials on
+tiny-random-llama, two twin datasets) is killed after its first recorded
+trial and finished with --resume; then a second study is appended to the same
+directory. Slow: each trial starts a Ray Train worker.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.records import ROW_KEY, read_rows
+
+REPO = Path(__file__).resolve().parent.parent
+SEARCH = [sys.executable, str(REPO / "harness" / "search.py")]
+DATASETS = ["boolq", "copa"]
+
+pytestmark = pytest.mark.slow
+
+
+def _profile(path: Path, **changes) -> str:
+    data = {
+        "kind": "profile", "study": "s1", "model": "tiny-random-llama", "datasets": DATASETS,
+        "data": {"synthetic": True, "seed": 0, "n_train": 40, "n_validation": 8},
+        "methods": ["mor1e", "lora"], "reference": [], "trials_per_method": 3,
+        "search": {"algorithm": "tpe", "quasi_random_trials": 1, "scheduler": "asha", "grace_period": 1,
+                   "reduction_factor": 2, "seed": 0},
+        "final": {"seeds": [0]},
+        "resources": {"num_workers": 1, "zero_stage": 0, "ray_num_cpus": 8},
+        "training": {"steps": 4, "batch_size": 4, "eval_every": 2, "warmup_steps": 1, "train_limit": 32,
+                     "selection_limit": 8, "report_limit": 8, "torch_threads": 1},
+        "overrides": {"mor1e": {"num_clusters": {"low": 2, "high": 4}}},
+    }
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    return env
+
+
+def _search_rows(lb: Path, study: str):
+    if not lb.exists():
+        return None
+    df = read_rows(lb).to_pandas()
+    return df[(df.study == study) & (df.phase == "search")]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("study") / "results"
+
+
+@pytest.fixture(scope="module")
+def study_s1(results, tmp_path_factory):
+    """Start s1, SIGKILL it once one search trial is recorded, then finish it with --resume."""
+    config = _profile(tmp_path_factory.mktemp("cfg") / "s1.yaml")
+    lb = results / "leaderboard.parquet"
+    proc = subprocess.Popen([*SEARCH, "--config", config, "--results-dir", str(results)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    first = None
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            rows = _search_rows(lb, "s1")
+            if rows is not None and rows.trial_id.nunique() >= 1:
+                first = rows.copy()
+                break
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole study, driver and its Ray processes
+        out, _ = proc.communicate(timeout=60)
+    assert first is not None, f"no trial recorded before the deadline:\n{out[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+
+    resumed = subprocess.run([*SEARCH, "--config", config, "--results-dir", str(results), "--resume"],
+                             env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return first, out, resumed.stdout
+
+
+def test_interrupted_study_resumes_without_lost_or_duplicate_trials(study_s1, results):
+    first, first_out, resumed_out = study_s1
+    df = read_rows(results / "leaderboard.parquet").to_pandas()
+    s1 = df[df.study == "s1"]
+    # no record twice
+    assert not s1.duplicated(list(ROW_KEY)).any()
+    search = s1[s1.phase == "search"]
+    for method in ("mor1e", "lora"):
+        trials = search[search.method == method].drop_duplicates("trial_id")
+        assert len(trials) == 3, trials[["trial_id", "status", "status_reason"]]
+    # the trial recorded before the kill is still there, recorded once, unchanged
+    (tid,) = first.trial_id.unique()
+    again = search[search.trial_id == tid]
+    assert sorted(again.created_at) == sorted(first.created_at)
+    assert "resuming" in resumed_out
+
+
+def test_leaderboard_rows_and_statuses(study_s1, results):
+    df = read_rows(results / "leaderboard.parquet").to_pandas()
+    s1 = df[df.study == "s1"]
+    search = s1[s1.phase == "search"]
+    assert set(search.status) <= {"completed", "pruned"}, search[search.status == "failed"].status_reason.tolist()
+    for trial_id, rows in search.groupby("trial_id"):
+        status = rows.status.iloc[0]
+        assert (rows.status == status).all()
+        if status == "completed":
+            got = sorted(zip(rows.role, rows.dataset))
+            assert got == sorted([(r, d) for r in ("report", "selection") for d in DATASETS])
+            assert rows.status_reason.isna().all()
+        else:
+            assert set(rows.role) == {"selection"}
+            assert re.fullmatch(r"asha stopped at step \d+", rows.status_reason.iloc[0])
+        assert rows.git_sha.notna().all() and rows.package_versions.notna().all()
+        assert (rows.model == "tiny-random-llama").all() and (rows.scoring == "letter").all()
+    report = search[search.role == "report"]
+    assert set(report.split) == {"validation"}
+    assert set(search[search.role == "selection"].split) == {"train[selection]"}
+    mor1e = search[search.method == "mor1e"]
+    assert (mor1e.num_experts == mor1e.hparams_json.map(lambda j: eval_shape(j))).all()
+    # final phase: one record per method and dataset on the report split
+    final = s1[s1.phase == "final"]
+    assert sorted(zip(final.method, final.dataset)) == sorted((m, d) for m in ("mor1e", "lora") for d in DATASETS)
+    assert (final.role == "report").all() and (final.status == "completed").all()
+    # Optuna kept the studies in SQLite under the results dir
+    storage = f"sqlite:///{results / 'optuna' / 's1.sqlite'}"
+    for method in ("mor1e", "lora"):
+        study = optuna.load_study(study_name=f"s1-{method}", storage=storage)
+        finished = [t for t in study.trials if t.state.is_finished()]
+        assert 3 <= len(finished) <= 4  # a trial interrupted by the kill may stay behind as RUNNING/FAIL
+
+
+def eval_shape(hparams_json: str) -> int:
+    import json
+
+    hp = json.loads(hparams_json)
+    return hp["r1"] * hp["r2"]
+
+
+def test_summary_and_cli_print_the_study(study_s1, results):
+    import pandas as pd
+
+    summary = pd.read_parquet(results / "summary.parquet")
+    assert set(summary[summary.study == "s1"].method) == {"mor1e", "lora"}
+    out = subprocess.run([sys.executable, str(REPO / "harness" / "leaderboard.py"), "--results-dir", str(results)],
+                         capture_output=True, text=True, timeout=120, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert "| method | boolq | copa | mean | params |" in out.stdout
+    assert re.search(r"^\| mor1e \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+K \|$", out.stdout, re.M)
+    assert re.search(r"^\| lora \| ", out.stdout, re.M)
+    assert "study s1: 6 search trials" in out.stdout
+
+
+def test_second_study_appends_and_keeps_the_first(study_s1, results, tmp_path):
+    lb = results / "leaderboard.parquet"
+    before = read_rows(lb).to_pandas()
+    config = _profile(tmp_path / "s2.yaml", study="s2", methods=[], reference=["zeroshot"])
+    run = subprocess.run([*SEARCH, "--config", config, "--results-dir", str(results)], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    after = read_rows(lb).to_pandas()
+    kept = after[after.study == "s1"].reset_index(drop=True)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(kept, before[before.study == "s1"].reset_index(drop=True))
+    s2 = after[after.study == "s2"]
+    assert sorted(s2.dataset) == sorted(DATASETS * 2)  # selection + report rows of the reference run
+    assert (s2.method == "zeroshot").all() and (s2.phase == "reference").all()
+    assert "| zeroshot |" in run.stdout
