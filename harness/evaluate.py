@@ -28,7 +28,7 @@ import inspect
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ class _Row:
     input_ids: tuple[int, ...]
     score_row: int | None  # index into intuition_scores; pairs with different scores never share a row
     keep: int = 0  # positions at the end whose logits are needed
-    pairs: list = None  # (pair index, continuation ids)
+    pairs: list = field(default_factory=list)  # (pair index, continuation ids)
 
 
 def _unwrapped(model):
@@ -218,7 +218,7 @@ def option_logprobs(
         key = (inp, _score_key(intuition_scores, i)) if share_inputs else (i,)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = _Row(inp, score_row, 0, [])
+            row = rows[key] = _Row(inp, score_row)
         row.keep = max(row.keep, len(cont))
         row.pairs.append((i, cont))
 
