@@ -11,6 +11,8 @@ Every trainable parameter lives under a name containing ``ADAPTER_MARKER``
 from __future__ import annotations
 
 import math
+import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,8 @@ def token_routing(logits: torch.Tensor, temperature: float, top_k: int | None) -
 
     All other weights are exactly zero (scatter into zeros), not merely small.
     """
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is None or top_k >= logits.shape[-1]:
         return torch.softmax(logits, dim=-1)
     values, index = logits.topk(top_k, dim=-1)
@@ -55,6 +58,14 @@ def load_balancing_loss(logits: torch.Tensor, temperature: float) -> torch.Tenso
     counts = torch.bincount(flat.argmax(dim=-1), minlength=num_experts)
     fraction = counts.to(probs.dtype) / flat.shape[0]
     return num_experts * (fraction * probs.mean(dim=0)).sum()
+
+
+class Routing(NamedTuple):
+    """The parts of G for a batch: G = token_scale · token + prior (broadcast over tokens)."""
+
+    token: torch.Tensor | None  # (..., E) token-router weights, or None (ablation)
+    token_scale: torch.Tensor | float | None  # token_coef·ω (or token_coef without intuition)
+    prior: torch.Tensor | None  # (batch or 1, E) intuition term, coefficients applied, or None
 
 
 class MoR1ERouter(nn.Module):
@@ -82,34 +93,57 @@ class MoR1ERouter(nn.Module):
             self.gate_logit = None
         self.intuition_scores: torch.Tensor | None = None
         self.last_aux_loss: torch.Tensor | None = None
+        self.shared = False  # set by wrap when several projections use this router
+        self._cache: tuple | None = None
 
     @property
     def aux_loss_coef(self) -> float:
         return self.config.aux_loss_coef
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Return (token term (..., E) or None, intuition term (batch, E) or None), coefficients applied.
+    def forward(self, x: torch.Tensor) -> Routing:
+        """The routing for input x; projections sharing this router and reading the very same x
+        (q/k/v, gate/up) reuse one computation instead of repeating the E-way softmax."""
+        key = self._cache_key(x)
+        cache = self._cache
+        if cache is not None and cache[0]() is x and cache[1] == key:
+            return cache[2]
+        routing = self._route(x)
+        self._cache = (weakref.ref(x), key, routing) if self.shared else None
+        return routing
 
-        Without intuition scores the token term is used alone (unscaled by ω); with the token router
-        off and no scores, P is evaluated at s = 0 (its learned bias), so the model still runs.
+    def _cache_key(self, x: torch.Tensor) -> tuple:
+        # Any in-place change to x or to a router parameter (optimizer step), a different grad
+        # mode or new intuition scores invalidates the cached routing.
+        version = -1 if x.is_inference() else x._version
+        params = tuple(-1 if p.is_inference() else p._version for p in self.parameters())
+        return (version, params, torch.is_grad_enabled(), id(self.intuition_scores))
+
+    def _route(self, x: torch.Tensor) -> Routing:
+        """G = token_scale·T + prior, T = softmax(W_r x / τ) (top-k), prior = intuition_coef·(1−ω)·P(s).
+
+        Without intuition scores the token term is used alone (scale token_coef, no ω); with the
+        token router off and no scores, P is evaluated at s = 0 (its learned bias), so the model
+        still runs.  The token scale is returned apart from T so that it multiplies the r1 values
+        of A x rather than every one of the E routing weights.
         """
         cfg = self.config
         scores = self.intuition_scores if self.prior is not None else None
-        token_term = prior_term = None
+        token = token_scale = prior = None
         if self.token_router is not None:
             logits = self.token_router(x)
-            token_term = token_routing(logits, cfg.router_temperature, cfg.top_k) * cfg.token_coef
+            token = token_routing(logits, cfg.router_temperature, cfg.top_k)
+            token_scale = cfg.token_coef
             if cfg.aux_loss_coef > 0:
                 self.last_aux_loss = load_balancing_loss(logits, cfg.router_temperature)
-        if self.prior is not None and (scores is not None or token_term is None):
+        if self.prior is not None and (scores is not None or token is None):
             if scores is None:
                 scores = x.new_zeros(1, cfg.num_clusters)
-            prior_term = torch.softmax(self.prior(scores.to(x.dtype)), dim=-1) * cfg.intuition_coef
-        if token_term is not None and prior_term is not None:
+            prior = torch.softmax(self.prior(scores.to(x.dtype)), dim=-1) * cfg.intuition_coef
+        if token is not None and prior is not None:
             omega = torch.sigmoid(self.gate_logit)
-            token_term = token_term * omega
-            prior_term = prior_term * (1 - omega)
-        return token_term, prior_term
+            token_scale = omega * cfg.token_coef
+            prior = prior * (1 - omega)
+        return Routing(token, token_scale, prior)
 
 
 class MoR1ELinear(nn.Module):
@@ -147,14 +181,13 @@ class MoR1ELinear(nn.Module):
 
     def routing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """G for every token, shape (..., r1, r2); for inspection and tests (forward never builds it)."""
-        token_term, prior_term = self.router(x)
-        shape = x.shape[:-1] + (self.config.r1, self.config.r2)
-        g = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        if token_term is not None:
-            g = g + token_term.reshape(shape)
-        if prior_term is not None:
-            prior = _broadcast_prior(prior_term, x)
-            g = g + prior.reshape(*prior.shape[:-1], self.config.r1, self.config.r2)
+        routing = self.router(x)
+        r1, r2 = self.config.r1, self.config.r2
+        g = torch.zeros(x.shape[:-1] + (r1, r2), dtype=x.dtype, device=x.device)
+        if routing.token is not None:
+            g = g + (routing.token * routing.token_scale).unflatten(-1, (r1, r2))
+        if routing.prior is not None:
+            g = g + _broadcast_prior(routing.prior, x).unflatten(-1, (r1, r2))
         return g
 
     def update(self, x: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,15 +197,16 @@ class MoR1ELinear(nn.Module):
         if G is not None:
             z = torch.einsum("...i,...ij->...j", ax, G)
         else:
-            token_term, prior_term = self.router(x)
+            routing = self.router(x)
             z = None
-            if token_term is not None:
+            if routing.token is not None:
+                scaled = ax * routing.token_scale if _scales(routing.token_scale) else ax
                 # per-token grid: (..., 1, r1) @ (..., r1, r2) -> (..., r2)
-                z = torch.matmul(ax.unsqueeze(-2), token_term.reshape(*token_term.shape[:-1], r1, r2)).squeeze(-2)
-            if prior_term is not None:
+                z = torch.matmul(scaled.unsqueeze(-2), routing.token.unflatten(-1, (r1, r2))).squeeze(-2)
+            if routing.prior is not None:
                 # P(s) is per example, so contract it as (batch, tokens, r1) @ (batch, r1, r2)
                 # instead of expanding it over tokens.
-                zp = _prior_contract(ax, prior_term.reshape(-1, r1, r2))
+                zp = _prior_contract(ax, routing.prior.unflatten(-1, (r1, r2)))
                 z = zp if z is None else z + zp
         out = F.linear(z, self.mor1e_B)  # (..., d_out)
         if self.mor1e_output_gate is not None:
@@ -181,6 +215,10 @@ class MoR1ELinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x) + self.update(x)
+
+
+def _scales(scale) -> bool:
+    return isinstance(scale, torch.Tensor) or scale != 1.0
 
 
 def _batch_of(prior: torch.Tensor, x: torch.Tensor) -> int:

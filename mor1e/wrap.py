@@ -139,6 +139,7 @@ def _wrap_mor1e(model: nn.Module, config: MoR1EConfig) -> None:
                     continue
                 weight = getattr(parent, members[0]).weight
                 router = MoR1ERouter(dims.pop(), config, dtype=weight.dtype, device=weight.device)
+                router.shared = True
                 # Registered once, on the module that owns the projections.
                 parent.add_module(f"{ADAPTER_MARKER}router_" + "_".join(members), router)
                 for c in members:

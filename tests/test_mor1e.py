@@ -212,8 +212,8 @@ def test_ablations_drop_their_parameters():
     only_prior = MoR1ERouter(6, mor1e.MoR1EConfig(use_token_router=False, num_clusters=3))
     assert only_prior.token_router is None and only_prior.gate_logit is None
     # no scores and no token router: P at s = 0, the same for every token
-    t, p = only_prior(torch.randn(4, 6))
-    assert t is None and p.shape == (1, 32)
+    routing = only_prior(torch.randn(4, 6))
+    assert routing.token is None and routing.prior.shape == (1, 32)
 
 
 def test_molora_matches_reference():
@@ -310,6 +310,34 @@ def test_routers_are_shared_and_registered_once(tiny):
     unshared, _ = fresh(tiny)
     mor1e.wrap(unshared, mor1e.MoR1EConfig(share_routers=False))
     assert mor1e.count_trainable(unshared) > mor1e.count_trainable(model)
+
+
+def test_shared_router_computes_once_per_input_and_stays_correct(tiny):
+    model, ids = fresh(tiny)
+    mor1e.wrap(model, mor1e.MoR1EConfig(num_clusters=3))
+    randomise_adapters(model)
+    attn = model.model.layers[0].self_attn
+    calls = []
+    attn.q_proj.router.token_router.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 5, 64)
+    x2 = x.clone()  # equal values, another tensor: the reference below cannot hit the cache for x
+    expected = [layer.base_layer(x2) + layer.update(x2, layer.routing_matrix(x2)) for layer in (attn.q_proj, attn.k_proj)]
+    calls.clear()
+    outs = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
+    assert len(calls) == 1  # q computed the routing, k and v reused it
+    assert all(torch.allclose(o, e, atol=1e-6) for o, e in zip(outs, expected))
+    attn.v_proj(x.clone())  # a different tensor is routed afresh
+    assert len(calls) == 2
+    with torch.no_grad():  # an optimizer-style in-place update invalidates the cached routing
+        attn.q_proj.router.token_router.weight.mul_(2)
+    before = attn.k_proj(x)
+    assert len(calls) == 3
+    x3 = x.clone()
+    assert torch.allclose(before, attn.k_proj.base_layer(x3) + attn.k_proj.update(x3, attn.k_proj.routing_matrix(x3)), atol=1e-6)
+    calls.clear()
+    with mor1e.intuition(model, torch.rand(2, 3)):  # new scores: new routing
+        attn.k_proj(x)
+    assert len(calls) == 1
 
 
 def test_mor1e_parameter_count_is_pinned(tiny):
