@@ -15,10 +15,12 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +182,8 @@ class LoopbackCluster:
     nodes: list[RayNode] = field(default_factory=list)
     # Distinct per cluster: `ray start` rewrites 127.0.0.1 itself to the
     # primary interface (see _start), and other people's Rays live there.
+    ray_root: Path | None = None
+    known_nodes: dict[str, str] = field(default_factory=dict)  # Ray node id -> node name
     subnet: str = field(default_factory=lambda: f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.")
     gcs_port: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
@@ -196,7 +200,11 @@ class LoopbackCluster:
         return node_env({**auth_env(self.root), **self.env_extra})
 
     def _start(self, name: str, num_cpus: int, head: bool, resources: dict | None) -> RayNode:
-        temp_dir = self.root / f"ray-{name}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.ray_root is None:
+            # Ray's socket paths must fit in 107 bytes; pytest's tmp_path does not leave room.
+            self.ray_root = Path(tempfile.mkdtemp(prefix="mor1e-ray-", dir="/tmp"))
+        temp_dir = self.ray_root / name
         temp_dir.mkdir(parents=True, exist_ok=True)
         # Node-local ports are explicit: two raylets on one host would
         # otherwise both try the defaults (e.g. the agent's 52365).
@@ -242,30 +250,56 @@ class LoopbackCluster:
 
     def start_head(self, num_cpus: int, resources: dict | None = None) -> RayNode:
         node = self._start("head", num_cpus, True, resources)
+        self._wait_started(node, timeout=180)
         self.wait_for_nodes(1, timeout=120)
         return node
 
+    def _wait_started(self, node: RayNode, timeout: float) -> None:
+        """Until `ray start` says the node is up; a node that died says why at once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.supervisor.poll() is not None:
+                raise RuntimeError(f"node {node.name} exited ({node.supervisor.returncode}):\n{node.log_tail()}")
+            if "Ray runtime started" in node.log_tail(200_000):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"node {node.name} not started after {timeout:.0f}s:\n{node.log_tail()}")
+
     def add_worker(self, name: str, num_cpus: int, resources: dict | None = None) -> RayNode:
         node = self._start(name, num_cpus, False, resources)
+        self._wait_started(node, timeout=180)
         self.wait_for_nodes(len(self.nodes), timeout=120)
         return node
 
-    def probe(self, *, wait_nodes: int = 0, timeout: float = 60) -> dict:
+    def probe(self, *, wait_nodes: int = 0, timeout: float = 60, attempts: int = 3) -> dict:
         """Nodes and actors as the GCS sees them, read by a short-lived driver.
 
         A subprocess keeps this test process free of Ray state, and the GCS
         tables need no dashboard (the pinned install has no ray[default]).
+        A loaded machine can make a GCS call time out, so it tries again.
         """
-        out = subprocess.run(
-            [sys.executable, "-c", _PROBE, self.address, str(wait_nodes), str(timeout)],
-            capture_output=True, text=True, env=self.env(), timeout=timeout + 120,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"probe of {self.address} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        for attempt in range(attempts):
+            try:
+                out = subprocess.run(
+                    [sys.executable, "-c", _PROBE, self.address, str(wait_nodes), str(timeout)],
+                    capture_output=True, text=True, env=self.env(), timeout=timeout + 120,
+                )
+            except subprocess.TimeoutExpired as exc:
+                error = f"timed out after {exc.timeout:.0f}s"
+            else:
+                if out.returncode == 0:
+                    break
+                error = f"exit {out.returncode}:\n{out.stderr[-3000:]}"
+        else:
+            raise RuntimeError(f"probe of {self.address} failed {attempts} times; last: {error}")
         data = json.loads(out.stdout.strip().splitlines()[-1])
         names = {f"mor1e_test_node_{n.name}": n.name for n in self.nodes}
         for node in data["nodes"]:
-            node["name"] = next((names[k] for k in node["resources"] if k in names), None)
+            name = next((names[k] for k in node["resources"] if k in names), None)
+            # The GCS drops a dead node's resources; its name is remembered from earlier probes.
+            if name is not None:
+                self.known_nodes[node["node_id"]] = name
+            node["name"] = self.known_nodes.get(node["node_id"])
         data["node_names"] = {n["node_id"]: n["name"] for n in data["nodes"]}
         return data
 
@@ -311,6 +345,8 @@ class LoopbackCluster:
             except subprocess.TimeoutExpired:
                 node.supervisor.kill()
                 node.supervisor.wait()
+        if self.ray_root is not None and not self.leftover_pids():
+            shutil.rmtree(self.ray_root, ignore_errors=True)
         return killed
 
     def leftover_pids(self) -> list[int]:
