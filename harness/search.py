@@ -502,7 +502,7 @@ class RecordAndReport(_TuneCallback):
         status, reason, rows = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id,
                                             trial.config, result, error, phase=self.phase)
         append_rows(self.plan.leaderboard_path, rows, dedupe=True)
-        score = result.get(METRIC) if status == "completed" else None
+        score = result.get(METRIC) if status == "completed" and self.phase == "search" else None
         progress.finished(trial.trial_id, status, self.method, score, result.get("time_total_s"))
         report = [m.get("accuracy") for m in _per_dataset(result, "report").values()]
         report = [a for a in report if a is not None]
@@ -662,11 +662,13 @@ def _searcher(plan: Plan, method: str, algorithm: str):
 
 
 def num_evals(plan: Plan) -> int:
+    """Selection evaluations a full trial reports: ASHA's max_t (in Tune iterations)."""
     t = plan.profile.training
     steps, every = t.get("steps"), t.get("eval_every")
     if steps and every:
         return max(1, math.ceil(steps / every))
-    return 10
+    # Epoch-based budgets depend on the data size; a bound that never cuts a trial short.
+    return 10_000
 
 
 def _run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_space: dict, num_samples: int,
@@ -697,7 +699,10 @@ def _run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_sp
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                # Fixed runs (reference, final) have nothing to optimise; without a
+                # metric Tune does not require every report to carry one.
+                metric=METRIC if search_alg is not None else None, mode="max" if search_alg is not None else None,
+                search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                 max_concurrent_trials=plan.profile.max_concurrent_trials,
                 trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
             ),
