@@ -142,7 +142,13 @@ def _read_hub(dataset: str, split: str) -> list[tuple[int, object]] | None:
     try:
         import datasets
 
-        ds = datasets.load_dataset(adapter.hub_id, adapter.config, split=split)
+        try:
+            ds = datasets.load_dataset(adapter.hub_id, adapter.config, split=split)
+        except RuntimeError as exc:
+            if "script" not in str(exc).lower():
+                raise
+            # datasets>=3 refuses loading scripts; the hub's Parquet export of the same data loads instead.
+            ds = datasets.load_dataset(adapter.hub_id, adapter.config, split=split, revision="refs/convert/parquet")
     except Exception as exc:  # offline, gated, renamed: report and fall through to the clear error
         log.warning("hub load of %s %s %s failed: %s", adapter.hub_id, adapter.config or "", split,
                     " ".join(str(exc).split())[:200])

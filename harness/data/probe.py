@@ -35,12 +35,14 @@ def letter_accuracy(model, tokenizer, examples, batch_size: int = 16) -> tuple[f
         enc = [tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in batch]
         width = max(len(e) for e in enc)
         pad = tokenizer.pad_token_id
-        ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc])
-        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc])
+        # left padding puts every prompt's last token at the final position, so only
+        # that position's logits are computed (logits_to_keep=1)
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-        last = torch.tensor([len(e) - 1 for e in enc])
-        scores = logits[torch.arange(len(batch)), last][:, option_ids]  # (B, n_options)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        scores = logits[:, -1, option_ids]  # (B, n_options)
         pred = scores.argmax(-1).tolist()
         for ex, p, e in zip(batch, pred, enc):
             correct += int(p == ex.gold)

@@ -49,7 +49,6 @@ TWIN_RULES: dict[str, str] = {
 CONFLICTS: tuple[tuple[str, str, str], ...] = (
     ("rte", "anli", "same premise/hypothesis comparison template; anli twin inverts what 'more'/'fewer' entail"),
     ("piqa", "siqa", "same boxes-with-weights surface; piqa twin picks the heaviest, siqa twin the lightest"),
-    ("multirc", "mmlu", "both read 'X has/scored n' lists; multirc twin wants the maximum, mmlu twin a plain lookup"),
 )
 
 NAMES = ("Tarka", "Pell", "Miva", "Dole", "Brin", "Sefa", "Oru", "Kest", "Lumo", "Vane", "Jora", "Fenn",
