@@ -236,12 +236,16 @@ def plot(df: pd.DataFrame, study: str, out: Path) -> None:
     for i, m in enumerate(methods):
         rows = pub[pub.method == m]
         params = rows.trainable_params.max()
-        # zero-shot trains nothing; draw it at 1 so it fits a log axis, labelled as such
-        x = params if params and params > 0 else 1
-        ax2.scatter([x], [100 * rows.accuracy_mean.mean()], color=colors(i), s=60, label=m)
-        ax2.annotate(m, (x, 100 * rows.accuracy_mean.mean()), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        mean = 100 * rows.accuracy_mean.mean()
+        if not params or params <= 0:
+            # zero-shot trains nothing: a reference line, not a point on the log axis
+            ax2.axhline(mean, color=colors(i), linestyle="--", linewidth=1, label=f"{m} (no training)")
+            continue
+        ax2.scatter([params], [mean], color=colors(i), s=60, label=m)
+        ax2.annotate(m, (params, mean), textcoords="offset points", xytext=(5, 5 + 7 * (i % 2)), fontsize=8)
+    ax2.legend(fontsize=7, loc="lower right")
     ax2.set_xscale("log")
-    ax2.set_xlabel("trainable parameters (log; zero-shot at 1)")
+    ax2.set_xlabel("trainable parameters (log)")
     ax2.set_ylabel("mean report accuracy (%)")
     ax2.set_title("accuracy vs trainable parameters")
     ax2.grid(True, alpha=0.3)
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         best = best_trials(df, study)
         for _, b in best.iterrows():
             hp = json.loads(b.hparams_json) if isinstance(b.hparams_json, str) else {}
-            shown = ", ".join(f"{k}={_short(v)}" for k, v in hp.items())
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in hp.items() if k != "learning_rate")
             print(f"  best {b.method}: trial {b.trial_id}, selection {100 * b.selection_accuracy:.1f}%"
                   + (f", lr={b.learning_rate:.2e}" if pd.notna(b.learning_rate) else "") + (f", {shown}" if shown else ""))
         print()
