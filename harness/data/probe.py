@@ -6,7 +6,8 @@ Letter format only: every option is one token (" A", " B", ...), so one forward
 pass per batch scores all options by their logit at the last prompt position.
 Without --data-dir the twins are generated (seed 0) into a temporary directory.
 Prints a markdown table: dataset, chance, accuracy, the share of the most-picked
-letter (a positional bias shows up there), and the mean prompt length in tokens.
+letter (a positional bias shows up there), accuracy after removing each letter's
+mean score (calibrated), and the mean prompt length in tokens.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from harness.data.loading import load_examples
 from harness.data.synth import write_synthetic
 
 
-def letter_accuracy(model, tokenizer, examples, batch_size: int = 16) -> tuple[float, float, float]:
-    """(accuracy, most-picked-letter share, mean prompt tokens) in letter format."""
+def letter_accuracy(model, tokenizer, examples, batch_size: int = 16) -> tuple[float, float, float, float]:
+    """(accuracy, most-picked-letter share, mean prompt tokens, calibrated accuracy) in letter format.
+
+    Calibrated accuracy subtracts each letter's mean score over the examples before the
+    argmax, so a model that always prefers one letter is judged on what remains.
+    """
     import torch
 
     option_ids = [tokenizer.encode(o, add_special_tokens=False) for o in examples[0].options]
     if any(len(ids) != 1 for ids in option_ids):
         raise ValueError(f"letter options are not single tokens: {option_ids}")
     option_ids = [ids[0] for ids in option_ids]
-    correct, picks, lengths = 0, Counter(), []
+    correct, picks, lengths, all_scores = 0, Counter(), [], []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         enc = [tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in batch]
@@ -43,13 +48,17 @@ def letter_accuracy(model, tokenizer, examples, batch_size: int = 16) -> tuple[f
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         scores = logits[:, -1, option_ids]  # (B, n_options)
+        all_scores.append(scores.float())
         pred = scores.argmax(-1).tolist()
         for ex, p, e in zip(batch, pred, enc):
             correct += int(p == ex.gold)
             picks[p] += 1
             lengths.append(len(e))
     n = len(examples)
-    return correct / n, max(picks.values()) / n, sum(lengths) / n
+    stacked = torch.cat(all_scores)  # (n, n_options)
+    calibrated = (stacked - stacked.mean(0)).argmax(-1).tolist()
+    cal_acc = sum(int(p == ex.gold) for p, ex in zip(calibrated, examples)) / n
+    return correct / n, max(picks.values()) / n, sum(lengths) / n, cal_acc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = args.data_dir or tmp
         if args.data_dir is None:
             write_synthetic(tmp)
-        print("| dataset | chance | zero-shot acc | top letter share | prompt tokens |")
-        print("|---|---|---|---|---|")
+        print("| dataset | chance | zero-shot acc | top letter share | calibrated acc | prompt tokens |")
+        print("|---|---|---|---|---|---|")
         for name in args.datasets:
             examples = load_examples(name, args.role, data_dir=data_dir, limit=args.n)
-            acc, top, length = letter_accuracy(model, tokenizer, examples)
+            acc, top, length, cal = letter_accuracy(model, tokenizer, examples)
             chance = 1 / len(examples[0].options)
-            print(f"| {name} | {chance:.2f} | {acc:.2f} | {top:.2f} | {length:.0f} |", flush=True)
+            print(f"| {name} | {chance:.2f} | {acc:.2f} | {top:.2f} | {cal:.2f} | {length:.0f} |", flush=True)
     return 0
 
 
