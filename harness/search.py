@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -518,18 +519,25 @@ def _short(v):
 
 
 def _trial_error(trial) -> str:
-    """The exception's last line (its type and message), from the trial's error file."""
+    """The failed trial's exception as one line, from the traceback Tune stored for it."""
     text = ""
-    path = getattr(trial, "error_file", None) or ""
     with contextlib.suppress(OSError, TypeError):
-        text = Path(path).read_text()
-    text = text or str(getattr(trial, "error_msg", "") or "") or "trial failed"
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    # Ray wraps the worker's exception; the innermost "Type: message" line is the useful one.
-    for ln in reversed(lines):
-        if ":" in ln and not ln.startswith(("File ", "During handling", "The above exception")):
-            return ln[:300]
-    return (lines[-1] if lines else "trial failed")[:300]
+        text = Path(trial.error_file).read_text()
+    return error_line(text or str(getattr(trial, "error_msg", "") or ""))
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Failure|Interrupt|Exit)\w*)(: .*)?$")
+
+
+def error_line(traceback_text: str) -> str:
+    """The innermost ``Type: message`` line of a (possibly chained, Ray-wrapped) traceback."""
+    lines = [ln.rstrip() for ln in traceback_text.splitlines()]
+    # Unindented exception lines; Ray and Train wrap the root cause, which is printed last.
+    found = [ln for ln in lines if _EXC_LINE.match(ln)]
+    if not found:
+        rest = [ln.strip() for ln in lines if ln.strip()]
+        return (rest[-1] if rest else "trial failed")[:300]
+    return found[-1][:300]
 
 
 def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search"):

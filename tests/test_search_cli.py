@@ -109,3 +109,15 @@ def test_cli_subprocess_exit_code_and_single_line(tmp_path, results):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown profile" in proc.stderr
     assert proc.stdout == ""
     assert (results / "leaderboard.parquet").read_bytes() == before
+
+
+def test_failed_trial_reason_is_the_exception_line():
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "w.py", line 3, in f\n'
+        '    raise ValueError(f"bad: {x}")\n'
+        "ValueError: num_clusters=40 is more than the 32 training examples\n"
+    )
+    assert search.error_line(text) == "ValueError: num_clusters=40 is more than the 32 training examples"
+    assert search.error_line("") == "trial failed"
+    assert "\n" not in search.error_line("x\n" * 10)

@@ -71,7 +71,7 @@ def study_s1(results, tmp_path_factory):
     proc = subprocess.Popen([*SEARCH, "--config", config, "--results-dir", str(results)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     first = None
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # generous: CI machines may be busy
     try:
         while time.time() < deadline and proc.poll() is None:
             rows = _search_rows(lb, "s1")

@@ -1,7 +1,7 @@
 """Search efficiency: TPE + ASHA against random search at the same trial budget.
 
     python -m harness.bench search [--config PROFILE] [--methods mor1e,lora] [--trials N]
-                                   [--datasets a,b] [--steps N] [--results-dir DIR]
+                                   [--datasets a,b] [--steps N] [--eval-every N] [--results-dir DIR]
 
 Both arms run the same profile through harness.search (real Ray Tune, Optuna,
 Train) with the same trials per method; only the sampler (TPE after Sobol
@@ -41,6 +41,8 @@ def _plan(args, study: str, results_dir: Path) -> search.Plan:
         raw["datasets"] = args.datasets.split(",")
     if args.steps:
         raw["training"] = dict(raw["training"], steps=args.steps)
+    if args.eval_every:
+        raw["training"] = dict(raw["training"], eval_every=args.eval_every)
     # Validate the reduced plan's trial configs too.
     for m in raw["methods"]:
         space = plan.profile.spaces[m]
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=4, help="trials per method and arm (default: 4)")
     ap.add_argument("--datasets", default=None, help="comma list (default: the profile's)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the profile's)")
+    ap.add_argument("--eval-every", type=int, default=None, help="steps between selection evaluations (ASHA rungs)")
     ap.add_argument("--results-dir", default=None, help="where both arms write (default: a temp dir)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--address", default=None)
