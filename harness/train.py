@@ -391,6 +391,14 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _export_repo_path() -> None:
+    """Let embedded Ray's worker processes import this repository even when it is not pip-installed."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -406,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     _quiet_logs()
+    _export_repo_path()
     from harness.data import DataError, write_synthetic
     from harness.ray_env import init_ray
     from harness.records import append_rows
