@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Keep every Ray process on 127.0.0.1 (see README, "Network").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+# Idle OpenMP threads sleep instead of spinning; on a 2-core machine shared by
+# several Ray workers, spinning threads starve the ones doing work.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test test-fast search bench clean
 
