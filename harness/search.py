@@ -914,6 +914,9 @@ def quiet_logs() -> None:
     # Snapshot Tune's experiment state every second (default: every >= 10 s), so
     # that a killed study's snapshot is close to its leaderboard when resumed.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's own Ctrl-C handler ends only the current Tuner, and the study would
+    # go on to the next method; a Ctrl-C should stop the study (--resume continues it).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
