@@ -249,10 +249,25 @@ class LoopbackCluster:
         return node
 
     def start_head(self, num_cpus: int, resources: dict | None = None) -> RayNode:
-        node = self._start("head", num_cpus, True, resources)
-        self._wait_started(node, timeout=180)
+        node = self._start_retrying("head", num_cpus, True, resources)
         self.wait_for_nodes(1, timeout=120)
         return node
+
+    def _start_retrying(self, name: str, num_cpus: int, head: bool, resources: dict | None,
+                        attempts: int = 2) -> RayNode:
+        """Start a node; on an overloaded machine `ray start` can give up on a slow GCS, so once more."""
+        for attempt in range(attempts):
+            node = self._start(name, num_cpus, head, resources)
+            try:
+                self._wait_started(node, timeout=180)
+                return node
+            except RuntimeError:
+                if attempt == attempts - 1 or node.supervisor.poll() is None:
+                    raise
+                self._stop_node(node)
+                self.nodes.remove(node)
+                (node.log_path).rename(node.log_path.with_suffix(f".failed{attempt}.log"))
+        raise AssertionError("unreachable")
 
     def _wait_started(self, node: RayNode, timeout: float) -> None:
         """Until `ray start` says the node is up; a node that died says why at once."""
@@ -266,8 +281,7 @@ class LoopbackCluster:
         raise TimeoutError(f"node {node.name} not started after {timeout:.0f}s:\n{node.log_tail()}")
 
     def add_worker(self, name: str, num_cpus: int, resources: dict | None = None) -> RayNode:
-        node = self._start(name, num_cpus, False, resources)
-        self._wait_started(node, timeout=180)
+        node = self._start_retrying(name, num_cpus, False, resources)
         self.wait_for_nodes(len(self.nodes), timeout=120)
         return node
 
@@ -320,31 +334,37 @@ class LoopbackCluster:
         raylet.send_signal(signal.SIGKILL)
         return raylet.pid
 
+    def _stop_node(self, node: RayNode, grace: float = 10) -> list[int]:
+        """SIGTERM every process of the node, SIGKILL what is left after `grace` seconds."""
+        killed = []
+        procs = node.descendants()
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        # The supervisor adopted orphans that may have appeared meanwhile.
+        alive += [p for p in node.descendants() if p not in alive]
+        for proc in alive:
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace)
+        try:
+            node.supervisor.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            node.supervisor.kill()
+            node.supervisor.wait()
+        return killed
+
     def shutdown(self, grace: float = 10) -> list[int]:
         """Stop every process each node started, by pid; return the pids that needed SIGKILL."""
         killed = []
         for node in reversed(self.nodes):
-            procs = node.descendants()
-            for proc in procs:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except psutil.NoSuchProcess:
-                    pass
-            _, alive = psutil.wait_procs(procs, timeout=grace)
-            # The supervisor adopted orphans that may have appeared meanwhile.
-            alive += [p for p in node.descendants() if p not in alive]
-            for proc in alive:
-                try:
-                    proc.kill()
-                    killed.append(proc.pid)
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(alive, timeout=grace)
-            try:
-                node.supervisor.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                node.supervisor.kill()
-                node.supervisor.wait()
+            killed += self._stop_node(node, grace)
         if self.ray_root is not None and not self.leftover_pids():
             shutil.rmtree(self.ray_root, ignore_errors=True)
         return killed

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 TRIAL_ACTORS = {"ImplicitFunc", "TrainController", "RayTrainWorker"}  # Tune trial driver, Train V2 controller, worker
-STUDY_TIMEOUT_S = 420
+STUDY_TIMEOUT_S = 600
 
 
 def write_profile(path: Path, *, study: str, trials: int, concurrent: int) -> Path:
