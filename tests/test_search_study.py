@@ -87,7 +87,7 @@ def study_s1(results, tmp_path_factory):
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
 
     resumed = subprocess.run([*SEARCH, "--config", config, "--results-dir", str(results), "--resume"],
-                             env=_env(), capture_output=True, text=True, timeout=600)
+                             env=_env(), capture_output=True, text=True, timeout=1800)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return first, out, resumed.stdout
 
