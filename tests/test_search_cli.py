@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from profiles import default_profile_with
 
 from harness import search
 from harness.records import append_rows, row_template
-from harness.searchspace import SPACES_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,13 +27,7 @@ def results(tmp_path):
 
 
 def _profile(tmp_path, **changes):
-    data = yaml.safe_load((SPACES_DIR / "default.yaml").read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, last = dotted.split("__")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = value
+    data = default_profile_with(**changes)
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)

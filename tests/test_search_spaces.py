@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from profiles import default_profile_with
 
 from harness.searchspace import (
     DATASETS,
@@ -38,7 +39,7 @@ def test_every_shipped_file_loads_and_tags_every_parameter(path):
             line = text[: text.index(f"  {name}:")].splitlines()[-1]
             assert line.strip().startswith("#") and p.role in line, f"{name}: no role comment above it"
     else:
-        profile = load_profile(str(path))
+        profile = loaddefault_profile_with(str(path))
         assert set(profile.spaces) == set(profile.methods)
         assert profile.datasets == list(DATASETS)
         for m, space in profile.spaces.items():
@@ -51,14 +52,14 @@ def _some_value(p):
 
 
 def test_default_profile_is_offline_and_same_budget_for_all():
-    p = load_profile(None)
+    p = loaddefault_profile_with(None)
     assert p.name == "default" and p.model == "smollm2-135m" and p.data["synthetic"] is True
     assert p.reference == ["zeroshot"] and "zeroshot" not in p.methods
     assert set(p.methods) == set(SEARCHED_METHODS)
 
 
 def test_paper_profile_centres_on_the_authors_settings():
-    p = load_profile("paper")
+    p = loaddefault_profile_with("paper")
     assert p.model == "meta-llama/Llama-2-7b-hf"
     assert p.resources == {"num_workers": 8, "use_gpu": True, "zero_stage": 2}
     t = p.training
@@ -78,17 +79,6 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     assert num_experts("mor1e", hp) == 32
     lr, hp = expand_params("lora", {"learning_rate": 1e-3, "rank": 8}, load_space("lora"))
     assert hp == {"rank": 8, "alpha": 16.0, "dropout": 0.0}
-
-
-def _profile(**changes):
-    data = yaml.safe_load((SPACES_DIR / "default.yaml").read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, last = dotted.split("__")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = value
-    return data
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -111,27 +101,27 @@ def _profile(**changes):
     (dict(study="my study"), "study name"),
 ])
 def test_bad_profiles_name_the_problem(changes, message):
-    data = _profile(**changes)
+    data = default_profile_with(**changes)
     with pytest.raises(ConfigError, match=message) as info:
         # 64 train examples x 14 datasets bound num_clusters in the default profile
-        parse_profile(data, "default.yaml", count_train_examples=lambda raw: 64 * len(raw["datasets"]))
+        parsedefault_profile_with(data, "default.yaml", count_train_examples=lambda raw: 64 * len(raw["datasets"]))
     assert "\n" not in str(info.value)
 
 
 def test_unknown_profile_and_space_as_profile_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown profile 'fast'"):
-        load_profile("fast")
+        loaddefault_profile_with("fast")
     with pytest.raises(ConfigError, match="not a profile"):
-        load_profile("mor1e")
+        loaddefault_profile_with("mor1e")
     with pytest.raises(ConfigError, match="does not exist"):
-        load_profile(str(tmp_path / "x.yaml"))
+        loaddefault_profile_with(str(tmp_path / "x.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: profile\nstudy: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
-        load_profile(str(bad))
+        loaddefault_profile_with(str(bad))
 
 
 def test_unknown_training_keys_are_refused_when_fields_are_known():
-    data = _profile(training__stepz=3)
+    data = default_profile_with(training__stepz=3)
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
-        parse_profile(data, "x.yaml", training_keys=set(data["training"]) - {"stepz"})
+        parsedefault_profile_with(data, "x.yaml", training_keys=set(data["training"]) - {"stepz"})
