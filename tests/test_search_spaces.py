@@ -39,7 +39,7 @@ def test_every_shipped_file_loads_and_tags_every_parameter(path):
             line = text[: text.index(f"  {name}:")].splitlines()[-1]
             assert line.strip().startswith("#") and p.role in line, f"{name}: no role comment above it"
     else:
-        profile = loaddefault_profile_with(str(path))
+        profile = load_profile(str(path))
         assert set(profile.spaces) == set(profile.methods)
         assert profile.datasets == list(DATASETS)
         for m, space in profile.spaces.items():
@@ -52,14 +52,14 @@ def _some_value(p):
 
 
 def test_default_profile_is_offline_and_same_budget_for_all():
-    p = loaddefault_profile_with(None)
+    p = load_profile(None)
     assert p.name == "default" and p.model == "smollm2-135m" and p.data["synthetic"] is True
     assert p.reference == ["zeroshot"] and "zeroshot" not in p.methods
     assert set(p.methods) == set(SEARCHED_METHODS)
 
 
 def test_paper_profile_centres_on_the_authors_settings():
-    p = loaddefault_profile_with("paper")
+    p = load_profile("paper")
     assert p.model == "meta-llama/Llama-2-7b-hf"
     assert p.resources == {"num_workers": 8, "use_gpu": True, "zero_stage": 2}
     t = p.training
@@ -104,24 +104,24 @@ def test_bad_profiles_name_the_problem(changes, message):
     data = default_profile_with(**changes)
     with pytest.raises(ConfigError, match=message) as info:
         # 64 train examples x 14 datasets bound num_clusters in the default profile
-        parsedefault_profile_with(data, "default.yaml", count_train_examples=lambda raw: 64 * len(raw["datasets"]))
+        parse_profile(data, "default.yaml", count_train_examples=lambda raw: 64 * len(raw["datasets"]))
     assert "\n" not in str(info.value)
 
 
 def test_unknown_profile_and_space_as_profile_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown profile 'fast'"):
-        loaddefault_profile_with("fast")
+        load_profile("fast")
     with pytest.raises(ConfigError, match="not a profile"):
-        loaddefault_profile_with("mor1e")
+        load_profile("mor1e")
     with pytest.raises(ConfigError, match="does not exist"):
-        loaddefault_profile_with(str(tmp_path / "x.yaml"))
+        load_profile(str(tmp_path / "x.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: profile\nstudy: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
-        loaddefault_profile_with(str(bad))
+        load_profile(str(bad))
 
 
 def test_unknown_training_keys_are_refused_when_fields_are_known():
     data = default_profile_with(training__stepz=3)
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
-        parsedefault_profile_with(data, "x.yaml", training_keys=set(data["training"]) - {"stepz"})
+        parse_profile(data, "x.yaml", training_keys=set(data["training"]) - {"stepz"})
