@@ -118,7 +118,7 @@ def _unwrapped(model):
     return getattr(model, "module", model)
 
 
-def _forward_options(model) -> dict[str, str | bool]:
+def forward_options(model) -> dict[str, str | bool]:
     """Which optional arguments the model's forward takes (checked once per call)."""
     params = inspect.signature(_unwrapped(model).forward).parameters
     keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
@@ -230,7 +230,7 @@ def option_logprobs(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    opts = _forward_options(model)
+    opts = forward_options(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = [0.0] * len(contexts)
     # Restore each submodule's own mode afterwards, not a blanket train().

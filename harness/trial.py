@@ -62,6 +62,8 @@ class TrialConfig:
     """Examples per micro-batch per worker."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; the effective batch is batch_size * grad_accum * num_workers."""
+    length_group: int = 8
+    """Micro-steps whose examples are sorted by length together (less padding); 1: plain shuffle."""
     warmup_steps: int = 10
     """Linear warmup from 0 to ``learning_rate`` (capped at steps - 1)."""
     schedule: str = "cosine"
@@ -137,6 +139,7 @@ class TrialConfig:
             raise ValueError("give steps or epochs, not both")
         _positive_int("batch_size", self.batch_size)
         _positive_int("grad_accum", self.grad_accum)
+        _positive_int("length_group", self.length_group)
         _positive_int("warmup_steps", self.warmup_steps, allow_zero=True)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")

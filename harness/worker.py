@@ -72,24 +72,40 @@ def lr_multiplier(step: int, *, total: int, warmup: int, schedule: str, min_rati
 
 
 @functools.lru_cache(maxsize=4)
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """Permutation of the mixture for one epoch; the same on every rank and after a restart."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(n: int, seed: int, epoch: int, lengths: tuple[int, ...] | None = None, group: int = 1) -> np.ndarray:
+    """Permutation of the mixture for one epoch; the same on every rank and after a restart.
+
+    With ``lengths`` and ``group`` > 1, each run of ``group`` consecutive
+    positions of the shuffle is sorted longest first: a micro-batch then holds
+    examples of similar length and carries little padding, while the shuffle
+    still decides which examples meet.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if lengths is None or group <= 1:
+        return order
+    lens = np.asarray(lengths)
+    for start in range(0, n, group):
+        chunk = order[start:start + group]
+        order[start:start + group] = chunk[np.argsort(-lens[chunk], kind="stable")]
+    return order
 
 
-def batch_indices(n: int, *, seed: int, micro_step: int, batch_size: int, rank: int, world: int) -> list[int]:
+def batch_indices(n: int, *, seed: int, micro_step: int, batch_size: int, rank: int, world: int,
+                  lengths: tuple[int, ...] | None = None, group: int = 1) -> list[int]:
     """Mixture indices of ``rank``'s micro-batch number ``micro_step`` (counted over the whole run).
 
     Micro-step m consumes positions [m·world·B, (m+1)·world·B) of the endless
     stream of shuffled epochs; rank r takes the r-th slice of B. Disjoint across
     ranks, and a function of the step alone, so a resumed run sees the data an
-    uninterrupted run would have.
+    uninterrupted run would have. ``lengths`` and ``group`` (micro-steps per
+    length-sorted run) reduce padding; see ``epoch_order``.
     """
+    span = group * world * batch_size if lengths is not None else 1
     start = (micro_step * world + rank) * batch_size
     out = []
     for pos in range(start, start + batch_size):
         epoch, offset = divmod(pos, n)
-        out.append(int(epoch_order(n, seed, epoch)[offset]))
+        out.append(int(epoch_order(n, seed, epoch, lengths, span)[offset]))
     return out
 
 
@@ -106,8 +122,24 @@ def encode_training_example(tokenizer, prompt: str, target: str, max_seq_len: in
     return ctx + cont, len(ctx)
 
 
-def collate(encoded: list[tuple[list[int], int]], pad_id: int):
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 except on answer tokens)."""
+@dataclass
+class Batch:
+    """One training micro-batch. Left-padded (``position_ids`` set) or right-padded (``position_ids`` None)."""
+
+    input_ids: Any
+    attention_mask: Any
+    labels: Any  # -100 except on answer tokens
+    position_ids: Any
+    keep: int  # the longest answer in tokens; left-padded, every answer lies in the last ``keep`` columns
+
+    def to(self, device) -> "Batch":
+        move = (lambda t: None if t is None else t.to(device))
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.position_ids),
+                     self.keep)
+
+
+def collate(encoded: list[tuple[list[int], int]], pad_id: int, *, left: bool = True) -> Batch:
+    """Pad ``(input_ids, n_context)`` rows into a ``Batch``; ``left`` puts the padding first."""
     import torch
 
     width = max(len(ids) for ids, _ in encoded)
@@ -115,11 +147,34 @@ def collate(encoded: list[tuple[list[int], int]], pad_id: int):
     attention = torch.zeros((len(encoded), width), dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
     for b, (ids, n_ctx) in enumerate(encoded):
+        start = width - len(ids) if left else 0
         t = torch.tensor(ids, dtype=torch.long)
-        input_ids[b, : len(ids)] = t
-        attention[b, : len(ids)] = 1
-        labels[b, n_ctx : len(ids)] = t[n_ctx:]
-    return input_ids, attention, labels
+        input_ids[b, start:start + len(ids)] = t
+        attention[b, start:start + len(ids)] = 1
+        labels[b, start + n_ctx:start + len(ids)] = t[n_ctx:]
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0) if left else None
+    keep = max(len(ids) - n_ctx for ids, n_ctx in encoded)
+    return Batch(input_ids, attention, labels, position_ids, keep)
+
+
+def answer_loss(model, batch: Batch, keep_arg: str | None):
+    """Mean cross-entropy over the answer tokens of a batch: the loss of ``model(labels=...)``.
+
+    A left-padded batch asks the model for logits at its last ``keep + 1``
+    positions only (``keep_arg``, e.g. ``logits_to_keep``): every answer token
+    is predicted from there, and the vocabulary projection of the context
+    positions, which the loss ignores, is never computed.
+    """
+    import torch.nn.functional as F
+
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if batch.position_ids is None or keep_arg is None:
+        return model(**kwargs, labels=batch.labels).loss
+    kwargs["position_ids"] = batch.position_ids
+    kwargs[keep_arg] = batch.keep + 1
+    logits = model(**kwargs).logits[:, :-1].float()
+    targets = batch.labels[:, -batch.keep:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
 def deepspeed_config(cfg: TrialConfig, *, use_gpu: bool) -> dict[str, Any]:
@@ -270,6 +325,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     import torch
 
+    from harness.evaluate import forward_options
     from harness.methods import apply_method
     from harness.models import load_model
     import mor1e
@@ -325,6 +381,9 @@ def train_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = [encode_training_example(tokenizer, ex.prompt, ex.target, cfg.max_seq_len) for ex in data.train]
     n_train = len(encoded)
+    lengths = tuple(len(ids) for ids, _ in encoded) if cfg.length_group > 1 else None
+    opts = forward_options(module)
+    left_pad = opts["position_ids"] and opts["keep_arg"] is not None
 
     def evaluate(examples, scores):
         return evaluate_split(module, tokenizer, examples, scores, datasets=datasets, cfg=cfg, rank=rank,
@@ -346,19 +405,18 @@ def train_loop_per_worker(config: dict) -> None:
         for accum in range(cfg.grad_accum):
             micro = state["step"] * cfg.grad_accum + accum
             idx = batch_indices(n_train, seed=cfg.seed, micro_step=micro, batch_size=cfg.batch_size,
-                                rank=rank, world=world)
-            input_ids, attention, labels = collate([encoded[i] for i in idx], pad_id)
+                                rank=rank, world=world, lengths=lengths, group=cfg.length_group)
+            batch = collate([encoded[i] for i in idx], pad_id, left=left_pad).to(device)
             if data.train_scores is not None:
                 mor1e.set_intuition(module, torch.from_numpy(data.train_scores[idx]))
-            out = engine(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                         labels=labels.to(device), use_cache=False)
+            lm_loss = answer_loss(engine, batch, opts["keep_arg"] if left_pad else None)
             # The load-balancing term (0 unless an aux_loss_coef is set) joins the LM loss.
-            loss = out.loss + mor1e.aux_loss(module).to(out.loss.device)
+            loss = lm_loss + mor1e.aux_loss(module).to(lm_loss.device)
             engine.backward(loss)
             engine.step()
-            loss_sum += float(out.loss.detach())
+            loss_sum += float(lm_loss.detach())
             loss_count += 1
-            state["tokens"] += float(attention.sum())
+            state["tokens"] += float(batch.attention_mask.sum())
         state["step"] += 1
         state["train_time_s"] += time.perf_counter() - t0
         if state["time_to_first_step_s"] is None:

@@ -9,6 +9,7 @@ import pytest
 from harness.data import DATASETS, Example
 from harness.trial import DEFAULT_STEPS, TrialConfig
 from harness.worker import (
+    answer_loss,
     batch_indices,
     collate,
     deepspeed_config,
@@ -120,6 +121,30 @@ def test_batch_indices_shard_disjointly_cover_each_epoch_and_depend_only_on_the_
     assert sorted(e0) == sorted(e1) == list(range(n)) and e0 != e1
 
 
+def test_length_grouping_keeps_each_epoch_a_permutation_and_cuts_padding():
+    n, world, bs, group = 60, 2, 3, 4
+    lengths = tuple((i * 37) % 50 + 5 for i in range(n))
+    steps = math.ceil(n / (world * bs))
+
+    def epoch(**kw):
+        return [[batch_indices(n, seed=1, micro_step=m, batch_size=bs, rank=r, world=world, **kw)
+                 for r in range(world)] for m in range(steps)]
+
+    plain, grouped = epoch(), epoch(lengths=lengths, group=group)
+    for shards in (plain, grouped):
+        flat = [i for step in shards for shard in step for i in shard]
+        assert sorted(flat) == list(range(n))  # still every example once per epoch
+        assert all(not set(a) & set(b) for a, b in shards)  # ranks still disjoint
+
+    def padded(shards):  # tokens computed when each micro-batch is padded to its longest row
+        return sum(len(shard) * max(lengths[i] for i in shard) for step in shards for shard in step)
+
+    assert padded(grouped) < 0.8 * padded(plain)
+    # a run of `group` micro-steps holds the same examples as without grouping: only their order changed
+    span = group
+    assert sorted(sum((sum(s, []) for s in grouped[:span]), [])) == sorted(sum((sum(s, []) for s in plain[:span]), []))
+
+
 # ---------------------------------------------------------------- tokenisation
 
 
@@ -140,11 +165,56 @@ def test_training_tokens_are_the_scored_tokens(tokenizer):
     short, n_short = encode_training_example(tokenizer, prompt, target, max_seq_len=8)
     assert len(short) == 8 and short[-len(cont):] == cont and short[:n_short] == ctx[-n_short:]
 
-    input_ids, attention, labels = collate([(ids, n_ctx), (short, n_short)], pad_id=0)
-    assert input_ids.shape == (2, len(ids))
-    assert labels[0].tolist() == [-100] * n_ctx + cont
-    assert labels[1].tolist() == [-100] * n_short + cont + [-100] * (len(ids) - len(short))
-    assert attention[1].tolist() == [1] * len(short) + [0] * (len(ids) - len(short))
+    right = collate([(ids, n_ctx), (short, n_short)], pad_id=0, left=False)
+    pad = len(ids) - len(short)
+    assert right.input_ids.shape == (2, len(ids)) and right.position_ids is None
+    assert right.labels[0].tolist() == [-100] * n_ctx + cont
+    assert right.labels[1].tolist() == [-100] * n_short + cont + [-100] * pad
+    assert right.attention_mask[1].tolist() == [1] * len(short) + [0] * pad
+
+    left = collate([(ids, n_ctx), (short, n_short)], pad_id=0)
+    assert left.keep == len(cont)
+    assert left.labels[1].tolist() == [-100] * (pad + n_short) + cont
+    assert left.attention_mask[1].tolist() == [0] * pad + [1] * len(short)
+    assert left.position_ids[1].tolist() == [0] * pad + list(range(len(short)))
+    assert left.input_ids[1, pad:].tolist() == short
+
+
+@pytest.mark.parametrize("method, hparams", [("lora", {"rank": 4}), ("mor1e", {"r1": 2, "r2": 2, "num_clusters": 2})])
+def test_answer_only_loss_equals_the_full_model_loss(tokenizer, method, hparams):
+    """Left padding + logits at the answer positions only: the loss and gradients of model(labels=...)."""
+    import torch
+
+    import mor1e
+    from harness.evaluate import forward_options
+    from harness.methods import apply_method
+    from harness.models import load_model
+
+    model, _ = load_model("tiny-random-llama", seed=0)
+    torch.manual_seed(0)
+    model = apply_method(model, method, hparams)
+    for p in model.parameters():  # adapters start as a no-op; make them matter
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    pairs = [("Q: is the sky blue?\nAnswer:", " yes it is"), ("Premise: a man sleeps. So", " he rests"),
+             ("Pick the odd one out: cat dog car\nAnswer:", " car")]
+    encoded = [encode_training_example(tokenizer, p, t, max_seq_len=64) for p, t in pairs]
+    opts = forward_options(model)
+    assert opts["position_ids"] and opts["keep_arg"]
+
+    def loss_and_grads(batch, keep_arg):
+        model.zero_grad()
+        if method == "mor1e":
+            mor1e.set_intuition(model, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
+        loss = answer_loss(model, batch, keep_arg)
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full, full_grads = loss_and_grads(collate(encoded, 0, left=False), None)
+    fast, fast_grads = loss_and_grads(collate(encoded, 0, left=True), opts["keep_arg"])
+    assert fast == pytest.approx(full, rel=1e-5)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, rtol=1e-3, atol=1e-6, msg=name)
 
 
 def test_mean_accuracy_weighs_datasets_equally():
