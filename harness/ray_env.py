@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import ray
+from ray._private import ray_constants
 
 # Ray binds to the primary interface even for an embedded instance; this pins
 # every Ray process started from here to 127.0.0.1, so a laptop run sends no
@@ -23,7 +24,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(log_to_driver=not quiet, include_dashboard=False)
     if address is None:
-        os.environ.update(LOOPBACK_ENV)
+        os.environ.update(LOOPBACK_ENV)  # the Ray processes started from here
+        # This process read the flag when it imported ray; without this its
+        # node address (handed to the raylet) would still be the primary one.
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     else:
         ray.init(address=address, **kwargs)
