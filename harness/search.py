@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -339,6 +340,8 @@ def trial_records(
         tokens_per_s=_float(metrics.get("tokens_per_s")),
         peak_rss_mb=_float(metrics.get("peak_rss_mb")),
         wall_s=_float(wall_s),
+        driver_node=metrics.get("driver_node"),
+        worker_nodes=",".join(metrics.get("worker_nodes") or []) or None,
     )
     rows = []
     for role in roles:
@@ -357,14 +360,49 @@ def trial_records(
 # ------------------------------------------------------------------ driver side
 
 
+class TrialTimeout(RuntimeError):
+    """A trial's Train run did not finish within the profile's ``resources.trial_timeout_s``."""
+
+
+def run_with_deadline(fn, timeout_s: float | None):
+    """``fn()``, or TrialTimeout once ``timeout_s`` has passed without it returning.
+
+    ``fn`` runs on a daemon thread that is abandoned on timeout: the raise ends
+    the Tune trial, Tune removes the trial's actor, and the Train controller and
+    workers that actor owns go with it.
+    """
+    if timeout_s is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="trial", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TrialTimeout(f"no result within trial_timeout_s={timeout_s:g}s; the Train run was abandoned "
+                           "(a lost node or a stuck worker group)")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, seed: int,
-                 storage_path: str, recorded: dict | None = None) -> None:
+                 storage_path: str, recorded: dict | None = None, timeout_s: float | None = None) -> None:
     """One Tune trial: build the TrialConfig from the sampled point and run it as a Ray Train job.
 
     ``recorded``: on resume, trials the leaderboard already holds. Tune's own
     snapshot can lag the leaderboard by a moment; a trial it restarts that was
     in fact finished replays its recorded outcome instead of training again.
+    ``timeout_s``: the trial fails with TrialTimeout if its Train run has not
+    finished by then.
     """
+    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -380,13 +418,16 @@ def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, s
     learning_rate, hparams, seed = trial_point(method, space_params, seed, config)
     cfg = make_trial_config(base, learning_rate=learning_rate, hparams=hparams, seed=seed)
     start = time.time()
-    result = run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=[TuneReportCallback()])
+    callbacks = [TuneReportCallback()]
+    result = run_with_deadline(
+        lambda: run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=callbacks), timeout_s)
     # The last worker report already reached Tune (TuneReportCallback); this one
     # marks the trial as run to the end. Only keys with values: the recorder
     # merges reports, and Train's returned metrics are those of the last
     # *checkpointed* report, which an evaluate-only (zeroshot) run never makes.
     final = {k: v for k, v in _json_safe(result).items() if v is not None}
     final["done_final"] = True
+    final["driver_node"] = ray.get_runtime_context().get_node_id()
     final["wall_s"] = time.time() - start
     tune.report(final)
 
@@ -421,16 +462,13 @@ class Progress:
         self.counts = {"completed": 0, "pruned": 0, "failed": 0}
         self.running: set[str] = set()
         self.best: dict[str, float] = {}
-        self.durations: list[float] = []
 
     def line(self, msg: str) -> None:
         print(f"[{_clock(time.time() - self.start)}] {msg}", flush=True)
 
-    def finished(self, trial_id: str, status: str, method: str, score: float | None, wall: float | None) -> None:
+    def finished(self, trial_id: str, status: str, method: str, score: float | None) -> None:
         self.running.discard(trial_id)
         self.counts[status] += 1
-        if wall:
-            self.durations.append(wall)
         if status == "completed" and score is not None:
             self.best[method] = max(score, self.best.get(method, -1.0))
 
@@ -438,9 +476,8 @@ class Progress:
         done = sum(self.counts.values())
         best = " ".join(f"{m}={100 * v:.1f}" for m, v in self.best.items()) or "-"
         eta = "?"
-        if self.durations:
-            avg = sum(self.durations) / len(self.durations)
-            eta = _clock(avg * max(self.total - done - len(self.running) / 2, 0))
+        if done:  # the pace so far (concurrent trials included), applied to the trials left
+            eta = _clock((time.time() - self.start) / done * max(self.total - done, 0))
         c = self.counts
         return (f"trials {done}/{self.total} (completed {c['completed']}, pruned {c['pruned']}, "
                 f"failed {c['failed']}, running {len(self.running)}) | best selection %: {best} | ETA {eta}")
@@ -504,7 +541,7 @@ class RecordAndReport(_TuneCallback):
                                             trial.config, result, error, phase=self.phase)
         append_rows(self.plan.leaderboard_path, rows, dedupe=True)
         score = result.get(METRIC) if status == "completed" and self.phase == "search" else None
-        progress.finished(trial.trial_id, status, self.method, score, result.get("time_total_s"))
+        progress.finished(trial.trial_id, status, self.method, score)
         report = [m.get("accuracy") for m in _per_dataset(result, "report").values()]
         report = [a for a in report if a is not None]
         progress.line(f"{self.method} {self.phase} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
@@ -565,40 +602,77 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error, *, 
 
 
 class QuasiRandomThenTPE(optuna.samplers.BaseSampler):
-    """Sobol quasi-random points for the first ``n_quasi`` trials, TPE after: explore, then exploit.
+    """Scrambled Sobol points for the first ``n_quasi`` trials, TPE after: explore, then exploit.
 
     Picks by trial number, so the switch is the same after a resume (Optuna
-    numbers trials in its SQLite storage). Module-level so Tune can pickle it
-    with the searcher's checkpoint.
+    numbers trials in its SQLite storage). Trial n of the warm-up is Sobol
+    point n of the whole space, known up front: Optuna's own QMCSampler learns
+    the space from a first, randomly sampled trial. TPE runs with a constant
+    liar, so trials asked while others are still running get distinct points.
+    Module-level so Tune can pickle it with the searcher's checkpoint.
     """
 
-    def __init__(self, n_quasi: int, seed: int):
+    def __init__(self, n_quasi: int, seed: int, space: dict[str, optuna.distributions.BaseDistribution]):
         self.n_quasi = n_quasi
-        self.qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
-                                              warn_independent_sampling=False, warn_asynchronous_seeding=False)
-        self.tpe = optuna.samplers.TPESampler(n_startup_trials=n_quasi, seed=seed)
+        self.seed = seed
+        self.space = dict(space)
+        self.tpe = optuna.samplers.TPESampler(n_startup_trials=n_quasi, seed=seed, constant_liar=True)
 
-    def _pick(self, trial):
-        return self.qmc if trial.number < self.n_quasi else self.tpe
+    def _quasi(self, trial) -> bool:
+        return trial.number < self.n_quasi
+
+    def sobol_point(self, number: int) -> dict[str, Any]:
+        """Sobol point ``number`` (scrambled with ``seed``), mapped onto the space."""
+        from scipy.stats import qmc
+
+        names = sorted(self.space)
+        sobol = qmc.Sobol(d=len(names), scramble=True, seed=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # balance warnings: single points are what a trial needs
+            if number:
+                sobol.fast_forward(number)
+            u = sobol.random(1)[0]
+        return {name: _from_unit(self.space[name], float(x)) for name, x in zip(names, u)}
 
     def infer_relative_search_space(self, study, trial):
-        return self._pick(trial).infer_relative_search_space(study, trial)
+        if self._quasi(trial):
+            return dict(self.space)
+        return self.tpe.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self._pick(trial).sample_relative(study, trial, search_space)
+        if self._quasi(trial):
+            return {k: v for k, v in self.sobol_point(trial.number).items() if k in search_space}
+        return self.tpe.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._pick(trial).sample_independent(study, trial, param_name, param_distribution)
+        return self.tpe.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial):
-        self._pick(trial).before_trial(study, trial)
+        self.tpe.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
-        self._pick(trial).after_trial(study, trial, state, values)
+        self.tpe.after_trial(study, trial, state, values)
 
     def reseed_rng(self):
-        self.qmc.reseed_rng()
         self.tpe.reseed_rng()
+
+
+def _from_unit(dist, u: float):
+    """The value at quantile ``u`` in [0, 1) of a uniform (or log-uniform) draw from ``dist``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+    if isinstance(dist, FloatDistribution):
+        if dist.log:
+            return math.exp(math.log(dist.low) + u * (math.log(dist.high) - math.log(dist.low)))
+        return dist.low + u * (dist.high - dist.low)
+    if isinstance(dist, IntDistribution):
+        if dist.log:  # uniform in log space over [low - 0.5, high + 0.5], as Optuna rounds
+            lo, hi = math.log(dist.low - 0.5), math.log(dist.high + 0.5)
+            return min(max(round(math.exp(lo + u * (hi - lo))), dist.low), dist.high)
+        return min(dist.low + int(u * (dist.high - dist.low + 1)), dist.high)
+    raise TypeError(f"unsupported distribution {dist!r}")
 
 
 class StudySearch(OptunaSearch):
@@ -642,31 +716,34 @@ def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[st
     return out
 
 
-def _tune_space(space: Space) -> dict:
-    from ray import tune
+def optuna_space(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The searched parameters of ``space`` as Optuna distributions (the searcher samples them)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    out = {}
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
     for name, p in space.searched().items():
         if p.type == "categorical":
-            out[name] = tune.choice(p.choices)
+            out[name] = CategoricalDistribution(list(p.choices))
         elif p.type == "float":
-            out[name] = tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
-        else:  # int; Tune's upper bound is exclusive
-            out[name] = tune.lograndint(p.low, p.high + 1) if p.log else tune.randint(p.low, p.high + 1)
+            out[name] = FloatDistribution(float(p.low), float(p.high), log=bool(p.log))
+        else:
+            out[name] = IntDistribution(int(p.low), int(p.high), log=bool(p.log))
     return out
 
 
 def _searcher(plan: Plan, method: str, algorithm: str):
     s = plan.profile.search
+    space = optuna_space(plan.profile.spaces[method])
     if algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=s["seed"])
     elif s["quasi_random_trials"]:
-        sampler = QuasiRandomThenTPE(s["quasi_random_trials"], s["seed"])
+        sampler = QuasiRandomThenTPE(s["quasi_random_trials"], s["seed"], space)
     else:
-        sampler = optuna.samplers.TPESampler(seed=s["seed"])
+        sampler = optuna.samplers.TPESampler(seed=s["seed"], constant_liar=True)
     plan.optuna_path.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{plan.optuna_path}")
-    return StudySearch(sampler=sampler, storage=storage, study_name=f"{plan.study}-{method}")
+    return StudySearch(space=space, metric=METRIC, mode="max", sampler=sampler, storage=storage,
+                       study_name=f"{plan.study}-{method}")
 
 
 def num_evals(plan: Plan) -> int:
@@ -691,6 +768,7 @@ def _run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_sp
             space_params=space.params if space else None, seed=seed,
             storage_path=str(plan.ray_dir / "train"),
             recorded=recorded_outcomes(plan, method, phase) if plan.resume else None,
+            timeout_s=plan.profile.resources.get("trial_timeout_s"),
         ),
         # The driver only waits on its TorchTrainer; a whole CPU would starve small machines.
         {"cpu": 0.01},
@@ -713,6 +791,8 @@ def _run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_sp
                 search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                 max_concurrent_trials=plan.profile.max_concurrent_trials,
                 trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
+                # A fresh actor per trial: a timed-out trial's actor, and the Train run it owns, are removed.
+                reuse_actors=False,
             ),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=str(plan.ray_dir),
@@ -738,7 +818,7 @@ def run_method_search(plan: Plan, method: str, progress: Progress, *, algorithm:
                            reduction_factor=s["reduction_factor"])
              if scheduler == "asha" else FIFOScheduler())
     space = p.spaces[method]
-    _run_tuner(plan, method, experiment=f"search-{method}", phase="search", param_space=_tune_space(space),
+    _run_tuner(plan, method, experiment=f"search-{method}", phase="search", param_space={},
                num_samples=p.trials_per_method, space=space, progress=progress,
                search_alg=_searcher(plan, method, algorithm), scheduler=sched)
 
@@ -821,7 +901,7 @@ def run_study(plan: Plan) -> int:
             if _reuse_search_trial(plan, df, method, b.trial_id, seed):
                 progress.line(f"final: {method} seed {seed}: search trial {b.trial_id} ran this config with this "
                               "seed to the end; its report-split numbers are the final record")
-                progress.finished(f"{b.trial_id}-final-s{seed}", "completed", method, None, None)
+                progress.finished(f"{b.trial_id}-final-s{seed}", "completed", method, None)
             else:
                 seeds.append(seed)
         if seeds:

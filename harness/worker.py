@@ -232,6 +232,15 @@ class _Collectives:
             torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def gather_object(self, value: Any) -> list[Any]:
+        import torch
+
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, value)
+        return out
+
     def gather(self, value: float) -> list[float]:
         import torch
 
@@ -450,6 +459,9 @@ def _final_metrics(evaluate, data: TrialData, state: dict, trainable_params: int
     report = evaluate(data.report, data.report_scores)
     tokens = comm.sum([state["tokens"]])[0]
     rss = comm.gather(_peak_rss_mb())
+    import ray
+
+    nodes = comm.gather_object(ray.get_runtime_context().get_node_id())
     return {
         "report": report,
         "report_accuracy": mean_accuracy(report),
@@ -460,6 +472,7 @@ def _final_metrics(evaluate, data: TrialData, state: dict, trainable_params: int
         "time_to_first_step_s": state["time_to_first_step_s"],
         "peak_rss_mb": max(rss),
         "peak_rss_mb_per_worker": rss,
+        "worker_nodes": nodes,
         "resumed_from_step": state["resumed_from_step"],
         "worker_wall_s": time.time() - entered_at,
         "finished": True,

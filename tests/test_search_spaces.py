@@ -97,6 +97,8 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     (dict(trials_per_method=0), "trials_per_method"),
     (dict(final__seeds=[0, 0]), "without repeats"),
     (dict(resources__zero_stage=4), "zero_stage"),
+    (dict(resources__trial_timeout_s=0), "trial_timeout_s must be > 0"),
+    (dict(resources__trial_timeout_s="soon"), "trial_timeout_s"),
     (dict(training__learning_rate=1e-3), "set by the search"),
     (dict(study="my study"), "study name"),
 ])

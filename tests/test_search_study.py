@@ -125,6 +125,9 @@ def test_leaderboard_rows_and_statuses(study_s1, results):
             assert set(rows.role) == {"selection"}
             assert re.fullmatch(r"asha stopped at step \d+", rows.status_reason.iloc[0])
         assert rows.git_sha.notna().all() and rows.package_versions.notna().all()
+        if status == "completed":  # where the trial ran: Ray node ids of its driver and its one Train worker
+            assert rows.driver_node.str.fullmatch(r"[0-9a-f]{56}").all(), rows.driver_node.tolist()
+            assert rows.worker_nodes.str.fullmatch(r"[0-9a-f]{56}").all(), rows.worker_nodes.tolist()
         assert (rows.model == "tiny-random-llama").all() and (rows.scoring == "letter").all()
     report = search[search.role == "report"]
     assert set(report.split) == {"validation"}
@@ -179,3 +182,21 @@ def test_second_study_appends_and_keeps_the_first(study_s1, results, tmp_path):
     assert sorted(s2.dataset) == sorted(DATASETS * 2)  # selection + report rows of the reference run
     assert (s2.method == "zeroshot").all() and (s2.phase == "reference").all()
     assert "| zeroshot |" in run.stdout
+
+
+def test_a_trial_past_its_deadline_is_recorded_failed_and_the_study_ends(tmp_path):
+    """resources.trial_timeout_s below a trial's start-up: the trial fails with that reason, nothing waits."""
+    results = tmp_path / "results"
+    config = _profile(tmp_path / "late.yaml", study="late", methods=["lora"], trials_per_method=1,
+                      search={"algorithm": "random", "scheduler": "none", "seed": 0},
+                      resources={"num_workers": 1, "zero_stage": 0, "ray_num_cpus": 8, "trial_timeout_s": 2})
+    started = time.monotonic()
+    run = subprocess.run([*SEARCH, "--config", config, "--results-dir", str(results)], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = read_rows(results / "leaderboard.parquet").to_pandas()
+    assert list(rows.status) == ["failed"] and rows.phase.iloc[0] == "search"
+    assert "trial_timeout_s=2s" in rows.status_reason.iloc[0], rows.status_reason.iloc[0]
+    assert "final: lora has no completed search trial" in run.stdout
+    print(f"\nstudy with a 2 s trial deadline ended in {elapsed:.0f}s")
