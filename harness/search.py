@@ -58,6 +58,8 @@ from harness.searchspace import (
 )
 
 METRIC = "selection_accuracy"
+# Seconds between sweeps for placement groups that dead Train controllers left behind.
+ORPHAN_SWEEP_S = 10.0
 
 
 # --------------------------------------------------------------------------- plan
@@ -513,6 +515,23 @@ class RecordAndReport(_TuneCallback):
     def __init__(self, plan: Plan, method: str, seed: int, space: Space | None, phase: str = "search"):
         self.plan, self.method, self.seed, self.space, self.phase = plan, method, seed, space, phase
         self.last: dict[str, dict] = {}
+        self.retries: dict[str, list[str]] = {}  # trial_id -> the errors it was restarted after
+        self.swept_at = 0.0
+
+    def _sweep(self, *, every_s: float = 0.0) -> None:
+        """Free the CPUs/GPUs of placement groups that dead Train controllers left behind (a lost node)."""
+        if time.monotonic() - self.swept_at < every_s:
+            return
+        self.swept_at = time.monotonic()
+        from harness.ray_env import remove_orphaned_placement_groups
+
+        removed = remove_orphaned_placement_groups()
+        if removed:
+            _progress().line(f"removed {len(removed)} placement group(s) left by dead Train controllers: "
+                             + " ".join(pg[:8] for pg in removed))
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._sweep(every_s=ORPHAN_SWEEP_S)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         progress = _progress()
@@ -533,12 +552,21 @@ class RecordAndReport(_TuneCallback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, error=_trial_error(trial))
+        self._sweep()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._sweep()
+        errors = self.retries.setdefault(trial.trial_id, [])
+        errors.append(_trial_error(trial))
+        _progress().line(f"{self.method} {self.phase} trial {trial.trial_id} failed ({errors[-1]}); restarting it, "
+                         f"from its last checkpoint if it has one (retry {len(errors)})")
 
     def _record(self, trial, error: str | None):
         progress = _progress()
         result = self.last.get(trial.trial_id) or trial.last_result or {}
         status, reason, rows = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id,
-                                            trial.config, result, error, phase=self.phase)
+                                            trial.config, result, error, phase=self.phase,
+                                            retried=self.retries.get(trial.trial_id, []))
         append_rows(self.plan.leaderboard_path, rows, dedupe=True)
         score = result.get(METRIC) if status == "completed" and self.phase == "search" else None
         progress.finished(trial.trial_id, status, self.method, score)
@@ -570,15 +598,23 @@ def error_line(traceback_text: str) -> str:
     """The innermost ``Type: message`` line of a (possibly chained, Ray-wrapped) traceback."""
     lines = [ln.rstrip() for ln in traceback_text.splitlines()]
     # Unindented exception lines; Ray and Train wrap the root cause, which is printed last.
-    found = [ln for ln in lines if _EXC_LINE.match(ln)]
+    found = [i for i, ln in enumerate(lines) if _EXC_LINE.match(ln)]
     if not found:
         rest = [ln.strip() for ln in lines if ln.strip()]
         return (rest[-1] if rest else "trial failed")[:300]
-    return found[-1][:300]
+    line = lines[found[-1]]
+    if line.endswith(":"):  # "ControllerError: Training failed due to controller error:" + the cause below
+        cause = next((ln.strip() for ln in lines[found[-1] + 1:] if ln.strip()), "")
+        line = f"{line} {cause}".rstrip()
+    return line[:300]
 
 
-def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search"):
-    """(status, reason, rows) for a finished Tune trial: completed, pruned (ASHA) or failed."""
+def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search", retried=()):
+    """(status, reason, rows) for a finished Tune trial: completed, pruned (ASHA) or failed.
+
+    ``retried``: the errors Tune restarted the trial after; a trial that then
+    finished keeps its status, and its reason says what it survived.
+    """
     learning_rate, hparams, seed = trial_point(method, space.params if space else None, seed, config or {})
     if error is not None:
         status, reason = "failed", error
@@ -592,6 +628,13 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error, *, 
         step = result.get("step", result.get("training_iteration", 0))
         status, reason = "pruned", f"asha stopped at step {step}"
         roles = ("selection",)
+    if retried:
+        restarts = f"{len(retried)} restart{'s' if len(retried) > 1 else ''}"
+        if status == "failed":
+            reason = f"{reason} (after {restarts})"
+        else:
+            survived = f"after {restarts} (first: {retried[0]})"
+            reason = f"{reason}; {survived}" if reason else survived
     rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status,
                          status_reason=reason, learning_rate=learning_rate, hparams=hparams, seed=seed,
                          metrics=result, roles=roles, wall_s=result.get("time_total_s"))
@@ -797,7 +840,7 @@ def _run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_sp
             run_config=tune.RunConfig(
                 name=experiment, storage_path=str(plan.ray_dir),
                 callbacks=[RecordAndReport(plan, method, seed, space, phase)],
-                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0, failure_config=tune.FailureConfig(max_failures=plan.profile.resources["trial_retries"]),
             ),
         )
     grid = tuner.fit()

@@ -52,7 +52,7 @@ PROFILE_KEYS = {
 DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
 SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "scheduler", "grace_period", "reduction_factor", "metric"}
 FINAL_KEYS = {"seeds"}
-RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s"}
+RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
 SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
                 "num_workers", "use_gpu", "zero_stage"}
@@ -397,6 +397,8 @@ def parse_profile(
     resources.setdefault("use_gpu", False)
     if resources.get("ray_num_cpus") is not None:
         _positive_int(resources["ray_num_cpus"], f"{source}: resources.ray_num_cpus")
+    resources.setdefault("trial_retries", 1)
+    _positive_int(resources["trial_retries"], f"{source}: resources.trial_retries", minimum=0)
     if resources.get("trial_timeout_s") is not None:
         timeout = _number(resources["trial_timeout_s"], f"{source}: resources.trial_timeout_s")
         if timeout <= 0:

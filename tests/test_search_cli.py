@@ -114,4 +114,8 @@ def test_failed_trial_reason_is_the_exception_line():
     )
     assert search.error_line(text) == "ValueError: num_clusters=40 is more than the 32 training examples"
     assert search.error_line("") == "trial failed"
+    wrapped = ("ray.train.ControllerError: Training failed due to controller error:\n"
+               "The actor 5de6 is unavailable: RpcError: Socket closed\n")
+    assert search.error_line(wrapped) == ("ray.train.ControllerError: Training failed due to controller error: "
+                                          "The actor 5de6 is unavailable: RpcError: Socket closed")
     assert "\n" not in search.error_line("x\n" * 10)
