@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -508,4 +509,9 @@ def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, datasets
     metrics = {"step": 0, "total_steps": 0, "epoch": 0.0, "loss": float("nan"), "learning_rate": 0.0,
                "selection_accuracy": mean_accuracy(selection), "selection": selection}
     metrics.update(_final_metrics(evaluate, data, state, trainable_params, comm, entered_at))
-    ray.train.report(metrics)
+    # Ray Train returns the metrics of the last report that carried a checkpoint; this run has no
+    # weights to save, so its checkpoint is the metrics themselves.
+    with tempfile.TemporaryDirectory(prefix="mor1e-eval-") as tmp:
+        if rank == 0:
+            (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, default=float))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)

@@ -118,6 +118,22 @@ def test_mor1e_zero2_two_workers_loss_falls_checkpoint_and_per_dataset_metrics(t
     assert (table["steps"] == 12).all() and (table["num_workers"] == 2).all()
 
 
+def test_zeroshot_run_returns_its_metrics_and_records_rows(twins, ray_session, tmp_path):
+    """An evaluation-only run (no weights to checkpoint) still hands its metrics back to the caller."""
+    from harness.train import run_trial, trial_rows
+
+    cfg = tiny_config(twins, method="zeroshot", hparams={}, num_workers=1, steps=None)
+    result = run_trial(cfg, name="zs", storage_path=tmp_path)
+    assert result["step"] == 0 and result["finished"] and result["trainable_params"] == 0
+    assert set(result["selection"]) == set(result["report"]) == set(DATASETS)
+    assert all(m["n_examples"] == cfg.report_limit for m in result["report"].values())
+    saved = json.loads((Path(result["checkpoint_path"]) / "metrics.json").read_text())
+    assert saved["report_accuracy"] == pytest.approx(result["report_accuracy"])
+    rows = trial_rows(cfg, result, study="test", trial_id="zs", status="completed")
+    assert sorted((r["dataset"], r["role"]) for r in rows) == sorted(
+        (d, r) for d in DATASETS for r in ("selection", "report"))
+
+
 def test_lora_trial_inside_tune_reports_every_evaluation(twins, ray_session, tmp_path):
     """A Tune trial's driver function runs the Train job; each worker report reaches Tune (for ASHA)."""
     from ray import tune
