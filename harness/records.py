@@ -80,8 +80,8 @@ SCHEMA = pa.schema(
         pa.field("tokens_per_s", pa.float64()),
         pa.field("peak_rss_mb", pa.float64()),
         pa.field("wall_s", pa.float64()),
-    pa.field("driver_node", pa.string()),  # Ray node id of the trial's driver (the Tune trial actor)
-    pa.field("worker_nodes", pa.string()),  # Ray node ids of its Train workers, comma-separated in rank order
+        pa.field("driver_node", pa.string()),  # Ray node id of the trial's driver (the Tune trial actor)
+        pa.field("worker_nodes", pa.string()),  # Ray node ids of its Train workers, comma-separated in rank order
     ]
 )
 

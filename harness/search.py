@@ -32,7 +32,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -46,6 +45,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from harness import leaderboard
+from harness.background import Background
 from harness.records import append_rows, read_rows, row_template
 from harness.searchspace import (
     DATASETS,
@@ -375,23 +375,11 @@ def run_with_deadline(fn, timeout_s: float | None):
     """
     if timeout_s is None:
         return fn()
-    box: dict[str, Any] = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="trial", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
+    call = Background(fn, name="trial")
+    if not call.join(timeout_s):
         raise TrialTimeout(f"no result within trial_timeout_s={timeout_s:g}s; the Train run was abandoned "
                            "(a lost node or a stuck worker group)")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return call.result()
 
 
 def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, seed: int,

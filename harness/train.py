@@ -27,7 +27,6 @@ import os
 import secrets
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +37,7 @@ if __package__ in (None, ""):
 
 from ray.train.v2.api.callback import UserCallback  # noqa: E402
 
+from harness.background import Background  # noqa: E402
 from harness.trial import TrialConfig  # noqa: E402
 
 # Logical CPUs of an embedded Ray: above the physical count, so a finished
@@ -231,30 +231,19 @@ def run_trial(cfg: TrialConfig, *, name: str, storage_path: str | os.PathLike, c
 
 
 def _fit_with_progress(trainer, queue):
-    box: dict[str, Any] = {}
-
-    def fit():
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    while thread.is_alive() or not queue.empty():
+    fit = Background(trainer.fit, name="fit")
+    while fit.is_alive() or not queue.empty():
         try:
             metrics = queue.get(timeout=0.5)
         except Exception:
             continue
         print(_progress_line(metrics), flush=True)
-    thread.join()
+    fit.join()
     with contextlib.suppress(Exception):
         import ray
 
         ray.kill(queue.actor)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return fit.result()
 
 
 # ---------------------------------------------------------------- records

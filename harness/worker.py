@@ -457,11 +457,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _final_metrics(evaluate, data: TrialData, state: dict, trainable_params: int, comm: _Collectives,
                    entered_at: float) -> dict:
+    import ray
+
     report = evaluate(data.report, data.report_scores)
     tokens = comm.sum([state["tokens"]])[0]
     rss = comm.gather(_peak_rss_mb())
-    import ray
-
     nodes = comm.gather_object(ray.get_runtime_context().get_node_id())
     return {
         "report": report,

@@ -54,6 +54,8 @@ import traceback
 
 import numpy as np
 
+from harness.bench.adapters import METHODS as ADAPTER_BENCH_METHODS
+
 ADAPTER_METHODS = {
     "mor1e": {"r1": 4, "r2": 8, "num_clusters": 3},
     "molora": {"num_experts": 4, "rank": 2},
@@ -423,10 +425,7 @@ def trial_table(trials: list[dict]) -> str:
 # ---------------------------------------------------------------- 3. throughput
 
 THROUGHPUT_METHODS = {
-    "dense": ("dense", {}),
-    "lora": ("lora", {"rank": 8, "alpha": 16.0}),
-    "molora": ("molora", {"num_experts": 8, "rank": 4}),
-    "mor1e": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8, "share_routers": True}),
+    **ADAPTER_BENCH_METHODS,  # the configurations of `python -m harness.bench adapters`
     # Variants, to see where MoR1E's time goes (not in the default --methods).
     "mor1e-unshared": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8, "share_routers": False}),
     "mor1e-token-only": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8, "use_intuition": False}),
