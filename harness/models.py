@@ -88,8 +88,12 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ):
-    """Return ``(model, tokenizer)`` for a preset, hub id or local path. The model is in eval mode."""
+    """Return ``(model, tokenizer)`` for a preset, hub id or local path. The model is in eval mode.
+
+    ``attn_implementation`` (``eager``, ``sdpa``, ...) overrides transformers' default choice.
+    """
     check_model_name(name)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     if name == "tiny-random-llama":
@@ -100,6 +104,8 @@ def load_model(
             pad_token_id=tokenizer.pad_token_id,
             **TINY_LLAMA,
         )
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(config)
@@ -107,7 +113,7 @@ def load_model(
     else:
         path = _smollm2_cached() if name == "smollm2-135m" else name
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code
+            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
         )
     model.eval()
     return model, tokenizer

@@ -78,6 +78,7 @@ SCHEMA = pa.schema(
         pa.field("hostname", pa.string()),
         pa.field("steps", pa.int64()),
         pa.field("tokens_per_s", pa.float64()),
+        pa.field("precision", pa.string()),  # what training ran in: fp32, bf16 (GPU, or CPU autocast), fp16
         pa.field("peak_rss_mb", pa.float64()),
         pa.field("wall_s", pa.float64()),
         pa.field("driver_node", pa.string()),  # Ray node id of the trial's driver (the Tune trial actor)

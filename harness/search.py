@@ -340,6 +340,7 @@ def trial_records(
         hparams_json=json.dumps({"learning_rate": learning_rate, **hparams}, sort_keys=True, default=str),
         steps=_int(metrics.get("step", metrics.get("steps"))),
         tokens_per_s=_float(metrics.get("tokens_per_s")),
+        precision=metrics.get("precision"),
         peak_rss_mb=_float(metrics.get("peak_rss_mb")),
         wall_s=_float(wall_s),
         driver_node=metrics.get("driver_node"),
@@ -739,7 +740,8 @@ def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[st
         if not sel.empty:
             metrics[METRIC] = float(sel.mean())
         extras = dict(step=_int(first.steps), trainable_params=_int(first.trainable_params),
-                      tokens_per_s=_float(first.tokens_per_s), peak_rss_mb=_float(first.peak_rss_mb))
+                      tokens_per_s=_float(first.tokens_per_s), peak_rss_mb=_float(first.peak_rss_mb),
+                      precision=first.precision)
         metrics.update({k: v for k, v in extras.items() if v is not None})
         if first.status == "completed":
             metrics["done_final"] = True

@@ -278,7 +278,7 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
         hparams_json=json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "fault_probe_dir")},
                                 sort_keys=True, default=str),
         steps=num(result.get("step"), int), tokens_per_s=num(result.get("tokens_per_s"), float),
-        peak_rss_mb=num(result.get("peak_rss_mb"), float),
+        precision=result.get("precision"), peak_rss_mb=num(result.get("peak_rss_mb"), float),
         wall_s=num(wall_s if wall_s is not None else result.get("wall_s"), float),
     )
     rows = []

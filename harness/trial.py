@@ -77,7 +77,9 @@ class TrialConfig:
     max_seq_len: int = 512
     """Training sequences longer than this lose context tokens from the left (the answer is kept)."""
     dtype: str = "auto"
-    """auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16. Low precision needs a GPU."""
+    """auto, fp32, bf16 or fp16 (fp16 needs a GPU). auto is bf16 on a GPU and on a CPU with bf16
+    matrix units (AMX), fp32 on other CPUs. On a CPU, bf16 is autocast mixed precision: weights,
+    gradients and optimizer state stay fp32, matrix products run in bf16; scoring is always fp32."""
     train_limit: int | None = 200
     """Training examples per dataset (first N of the train role); None keeps all."""
     selection_limit: int | None = 64
@@ -165,8 +167,8 @@ class TrialConfig:
         _positive_int("num_workers", self.num_workers)
         if self.use_gpu not in (None, True, False):
             raise ValueError(f"use_gpu must be true, false or null, got {self.use_gpu!r}")
-        if self.use_gpu is False and self.dtype in ("bf16", "fp16"):
-            raise ValueError(f"dtype {self.dtype} needs a GPU; use fp32 (or auto) on CPU")
+        if self.use_gpu is False and self.dtype == "fp16":
+            raise ValueError("dtype fp16 needs a GPU; use fp32, bf16 or auto on CPU")
         _positive_int("seed", self.seed, allow_zero=True)
         _positive_int("split_seed", self.split_seed, allow_zero=True)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
@@ -205,7 +207,8 @@ class TrialConfig:
             return max(1, math.ceil(self.epochs * n_train_examples / self.effective_batch()))
         return DEFAULT_STEPS
 
-    def resolved_dtype(self, use_gpu: bool) -> str:
+    def resolved_dtype(self, use_gpu: bool, cpu_bf16: bool = False) -> str:
+        """The precision the trial trains in; ``cpu_bf16``: the CPU multiplies bf16 matrices fast."""
         if self.dtype == "auto":
-            return "bf16" if use_gpu else "fp32"
+            return "bf16" if use_gpu or cpu_bf16 else "fp32"
         return self.dtype

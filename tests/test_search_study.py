@@ -129,6 +129,7 @@ def test_leaderboard_rows_and_statuses(study_s1, results):
             assert rows.driver_node.str.fullmatch(r"[0-9a-f]{56}").all(), rows.driver_node.tolist()
             assert rows.worker_nodes.str.fullmatch(r"[0-9a-f]{56}").all(), rows.worker_nodes.tolist()
         assert (rows.model == "tiny-random-llama").all() and (rows.scoring == "letter").all()
+        assert rows.precision.isin(["fp32", "bf16"]).all(), rows.precision.tolist()  # reported by every trial
     report = search[search.role == "report"]
     assert set(report.split) == {"validation"}
     assert set(search[search.role == "selection"].split) == {"train[selection]"}

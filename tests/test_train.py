@@ -39,7 +39,7 @@ from harness.worker import (
         (dict(num_workers=0), "num_workers"),
         (dict(schedule="step"), "schedule"),
         (dict(dtype="fp8"), "dtype"),
-        (dict(use_gpu=False, dtype="bf16"), "GPU"),
+        (dict(use_gpu=False, dtype="fp16"), "GPU"),
         (dict(scoring="free"), "scoring"),
         (dict(hparams={"r3": 2}), "r3"),
         (dict(hparams={"router_temperature": 0.0}), "router_temperature"),
@@ -76,8 +76,13 @@ def test_resolved_dtype_and_deepspeed_config():
     assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
     assert ds["gradient_clipping"] == 0.5
     assert ds["optimizer"]["params"]["torch_adam"] is True
-    assert "bf16" not in ds and "fp16" not in ds  # fp32 on CPU
+    assert "bf16" not in ds and "fp16" not in ds and "torch_autocast" not in ds  # fp32 on a CPU by default
     assert deepspeed_config(cfg, use_gpu=True)["bf16"] == {"enabled": True}
+    # auto: bf16 on a GPU and on a CPU with bf16 matrix units, where it is autocast over fp32 weights.
+    assert cfg.resolved_dtype(False) == "fp32" and cfg.resolved_dtype(False, cpu_bf16=True) == "bf16"
+    assert TrialConfig(method="mor1e", dtype="fp32").resolved_dtype(True, cpu_bf16=True) == "fp32"
+    cpu_bf16 = deepspeed_config(cfg, use_gpu=False, precision="bf16")
+    assert cpu_bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in cpu_bf16
     fp16 = TrialConfig(method="mor1e", dtype="fp16")
     assert deepspeed_config(fp16, use_gpu=True)["fp16"]["enabled"] is True
     assert "gradient_clipping" not in deepspeed_config(TrialConfig(method="dense", max_grad_norm=0.0), use_gpu=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.trial import TrialConfig
+from harness.worker import trial_precision
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,7 @@ def check_trial_result(result: dict, cfg: TrialConfig) -> None:
     assert result["tokens_per_s"] > 0 and result["peak_rss_mb"] > 100
     assert len(result["peak_rss_mb_per_worker"]) == cfg.num_workers
     assert result["time_to_first_step_s"] > 0
+    assert result["precision"] == trial_precision(cfg, use_gpu=False)
     ckpt = Path(result["checkpoint_path"])
     assert (ckpt / "latest").read_text().strip() == f"step{cfg.steps}"
     assert any((ckpt / f"step{cfg.steps}").iterdir())
@@ -116,6 +118,7 @@ def test_mor1e_zero2_two_workers_loss_falls_checkpoint_and_per_dataset_metrics(t
     assert sorted(zip(table["dataset"], table["role"])) == sorted(
         (d, r) for d in DATASETS for r in ("selection", "report"))
     assert (table["steps"] == 12).all() and (table["num_workers"] == 2).all()
+    assert (table["precision"] == result["precision"]).all()
 
 
 def test_zeroshot_run_returns_its_metrics_and_records_rows(twins, ray_session, tmp_path):
@@ -125,6 +128,7 @@ def test_zeroshot_run_returns_its_metrics_and_records_rows(twins, ray_session, t
     cfg = tiny_config(twins, method="zeroshot", hparams={}, num_workers=1, steps=None)
     result = run_trial(cfg, name="zs", storage_path=tmp_path)
     assert result["step"] == 0 and result["finished"] and result["trainable_params"] == 0
+    assert result["precision"] == "fp32"  # scoring only
     assert set(result["selection"]) == set(result["report"]) == set(DATASETS)
     assert all(m["n_examples"] == cfg.report_limit for m in result["report"].values())
     saved = json.loads((Path(result["checkpoint_path"]) / "metrics.json").read_text())
