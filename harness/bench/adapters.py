@@ -1,6 +1,7 @@
 """Training-step throughput of the adapter methods on one model.
 
     python -m harness.bench adapters [--model smollm2-135m] [--batch 8] [--seq 128] [--warmup 2] [--steps 5]
+                                     [--threads 2] [--dtype fp32|bf16]
 
 Each method runs in its own subprocess (so peak RSS is its own) and times full steps:
 forward, loss backward, AdamW step, on random token ids.  Methods:
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest median is kept")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast over fp32 weights with eager attention, as trials on AMX CPUs train")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
     return p
 
@@ -57,7 +60,8 @@ def run_one(method: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     name, hparams = METHODS[method]
-    model, _ = load_model(args.model, seed=0)
+    bf16 = args.dtype == "bf16"
+    model, _ = load_model(args.model, seed=0, attn_implementation="eager" if bf16 else None)
     apply_method(model, name, hparams)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -70,7 +74,8 @@ def run_one(method: str, args) -> dict:
         for step in range(args.warmup + args.steps):
             start, cpu_start = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
-            loss = model(input_ids=ids, labels=ids).loss + mor1e.aux_loss(model)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids).loss + mor1e.aux_loss(model)
             loss.backward()
             optimizer.step()
             if step >= args.warmup:
@@ -90,7 +95,7 @@ def run_one(method: str, args) -> dict:
 
 def _spawn(method: str, args) -> dict:
     cmd = [sys.executable, "-m", "harness.bench.adapters", "--one", method]
-    for flag in ("model", "batch", "seq", "warmup", "steps", "threads"):
+    for flag in ("model", "batch", "seq", "warmup", "steps", "threads", "dtype"):
         cmd += [f"--{flag}", str(getattr(args, flag))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if proc.returncode != 0:
@@ -130,7 +135,7 @@ def main(argv: list[str]) -> int:
             if method not in results or r["median_s"] < results[method]["median_s"]:
                 results[method] = r
     lora = results.get("lora")
-    print(f"\n{args.model}, batch {args.batch} x {args.seq} tokens, {args.threads} threads, "
+    print(f"\n{args.model}, {args.dtype}, batch {args.batch} x {args.seq} tokens, {args.threads} threads, "
           f"median of {args.steps} steps after {args.warmup} warmup\n")
     print("| method | config | trainable params | median step (s) | tokens/s | peak RSS (MB) | vs LoRA tokens/s "
           "| CPU s/step | vs LoRA (CPU time) |")
