@@ -8,6 +8,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_adapters_bench_prints_a_row_per_method(dtype):
     cmd = [sys.executable, "-m", "harness.bench", "adapters", "--model", "tiny-random-llama", "--methods",
