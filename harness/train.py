@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(cfg, result))
     print()
-    print(f"trainable params {result.get('trainable_params'):,} | tokens/s {result.get('tokens_per_s', 0):.0f} | "
+    print(f"trainable params {result.get('trainable_params'):,} | {result.get('precision', '?')} | "
+          f"tokens/s {result.get('tokens_per_s', 0):.0f} | "
           f"peak RSS {result.get('peak_rss_mb', 0):.0f} MB/worker | first step after "
           f"{_fmt(result.get('time_to_first_step_s'))} s | wall {wall:.0f} s")
     print(f"checkpoint: {result.get('checkpoint_path')}")
