@@ -241,3 +241,27 @@ def test_smollm2_mor1e_trial_learns_two_twins_above_zero_shot(ray_session, tmp_p
     # copa's fixed cause->effect table is learnt within the budget; boolq moves more slowly.
     assert gains["copa"] >= 0.25, gains
     assert sum(gains.values()) / len(gains) >= 0.15, gains
+
+
+def test_trial_cli_trains_prints_and_records(twins, tmp_path):
+    """`python harness/train.py` end to end, in its own process with its own embedded Ray."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.records import read_rows
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(repo / "harness" / "train.py"), "--method", "lora", "--model", "tiny-random-llama",
+           "--datasets", ",".join(DATASETS), "--data-dir", twins, "--steps", "2", "--batch-size", "4",
+           "--train-limit", "8", "--selection-limit", "4", "--report-limit", "4", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = read_rows(out / "leaderboard.parquet").to_pandas()
+    assert sorted(zip(table.dataset, table.role)) == sorted((d, r) for d in DATASETS for r in ("selection", "report"))
+    assert (table.status == "completed").all() and (table.steps == 2).all()
+    precision = table.precision.iloc[0]
+    assert precision in ("fp32", "bf16") and (table.precision == precision).all()
+    assert f"| {precision} | tokens/s " in run.stdout
+    assert f"recorded {len(table)} rows in {out / 'leaderboard.parquet'}" in run.stdout
