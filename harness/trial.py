@@ -79,7 +79,7 @@ class TrialConfig:
     dtype: str = "auto"
     """auto, fp32, bf16 or fp16 (fp16 needs a GPU). auto is bf16 on a GPU and on a CPU with bf16
     matrix units (AMX), fp32 on other CPUs. On a CPU, bf16 is autocast mixed precision: weights,
-    gradients and optimizer state stay fp32, matrix products run in bf16; scoring is always fp32."""
+    gradients and optimizer state stay fp32, matrix products run in bf16; scoring there stays fp32."""
     train_limit: int | None = 200
     """Training examples per dataset (first N of the train role); None keeps all."""
     selection_limit: int | None = 64
