@@ -71,14 +71,14 @@ def main(argv: list[str]) -> int:
                   file=sys.stderr, flush=True)
 
     print(f"One {args.method} trial on {args.model}: {args.steps} steps, micro-batch {args.batch_size} per worker, "
-          f"twins {', '.join(datasets)}, fp32 on CPU (gloo), {os.cpu_count()} CPUs.")
+          f"twins {', '.join(datasets)}, on CPU (gloo), {os.cpu_count()} CPUs.")
     print()
-    print("| workers | ZeRO | train tokens/s (all workers) | peak RSS per worker (MB) | time to first step (s) "
-          "| trial wall (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| workers | ZeRO | precision | train tokens/s (all workers) | peak RSS per worker (MB) "
+          "| time to first step (s) | trial wall (s) |")
+    print("|---|---|---|---|---|---|---|")
     for cfg, r, wall in rows:
         rss = " / ".join(f"{x:.0f}" for x in r["peak_rss_mb_per_worker"])
-        print(f"| {cfg.num_workers} | {cfg.zero_stage} | {r['tokens_per_s']:.0f} | {rss} | "
+        print(f"| {cfg.num_workers} | {cfg.zero_stage} | {r['precision']} | {r['tokens_per_s']:.0f} | {rss} | "
               f"{r['time_to_first_step_s']:.1f} | {wall:.0f} |")
     print()
     if (os.cpu_count() or 1) <= 2 and max(workers) > 1:
