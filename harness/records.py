@@ -83,6 +83,21 @@ SCHEMA = pa.schema(
         pa.field("wall_s", pa.float64()),
         pa.field("driver_node", pa.string()),  # Ray node id of the trial's driver (the Tune trial actor)
         pa.field("worker_nodes", pa.string()),  # Ray node ids of its Train workers, comma-separated in rank order
+        # provenance of the number itself
+        pa.field("data_source", pa.string()),  # JSON: twins (generator seed, sizes) or real data (dir + sha256 per split file, or hub id + revision)
+        pa.field("budget_json", pa.string()),  # JSON: steps, batch size, limits, warmup, scoring format, max length, parameter band
+        pa.field("profile_sha256", pa.string()),  # sha256 of the resolved profile the study ran
+        pa.field("profile_override", pa.string()),  # set when --resume accepted a changed profile: the hash it replaced
+        pa.field("scoring_precision", pa.string()),  # what scoring ran in (beside the training `precision`)
+        # cost
+        pa.field("device_s", pa.float64()),  # the trial's wall seconds x workers x devices per worker
+        pa.field("train_tokens", pa.int64()),  # tokens the trial trained on, padding excluded
+        # router telemetry from the report scoring, each in [0, 1]; null for methods without routers
+        pa.field("router_gate_mean", pa.float64()),  # mean gate omega between token and intuition terms (MoR1E)
+        pa.field("router_load_entropy", pa.float64()),  # entropy of the mean expert load / log E (1 = uniform)
+        pa.field("router_max_share", pa.float64()),  # the busiest expert's share of the load
+        pa.field("router_dead_fraction", pa.float64()),  # share of experts with mean load < 1/(10 E)
+        pa.field("router_token_entropy", pa.float64()),  # mean per-token routing entropy / log E
     ]
 )
 
