@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 
 from harness.bench import gpu
+from harness.bench._gpu import trial
+from harness.bench._gpu.common import TRIAL_DATASETS
 
 
 def test_trial_specs_parse_and_refuse_bad_items():
-    assert gpu._trial_specs("mor1e:2, mor1e:0,lora:3") == [("mor1e", 2), ("mor1e", 0), ("lora", 3)]
+    assert trial.trial_specs("mor1e:2, mor1e:0,lora:3") == [("mor1e", 2), ("mor1e", 0), ("lora", 3)]
     for bad in ("zeroshot:2", "mor1e", "mor1e:4", "", "bogus:1"):
         with pytest.raises(ValueError):
-            gpu._trial_specs(bad)
+            trial.trial_specs(bad)
 
 
 @pytest.mark.parametrize("argv", [["--checks", "nope"], ["--methods", "lora,nope"], ["--trials", "mor1e:9"],
@@ -22,25 +24,25 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 def test_hashed_embeddings_are_deterministic_unit_rows():
     texts = ["Anna has more apples than Bob.", "Anna has more apples than Bob.", "A red box is heavy.", ""]
-    a, b = gpu.hashed_embeddings(texts), gpu.hashed_embeddings(texts)
+    a, b = trial.hashed_embeddings(texts), trial.hashed_embeddings(texts)
     assert a.shape == (4, 256) and a.dtype == np.float32
     assert np.array_equal(a, b) and np.array_equal(a[0], a[1])
     assert np.allclose(np.linalg.norm(a[:3], axis=1), 1.0) and not a[3].any()
 
 
 def _trial(**result):
-    ok = {"finished": True, "step": 6, "loss": 10.5, "selection": {d: {} for d in gpu.TRIAL_DATASETS},
-          "report": {d: {} for d in gpu.TRIAL_DATASETS}, "tokens_per_s": 100.0, "use_gpu": True}
+    ok = {"finished": True, "step": 6, "loss": 10.5, "selection": {d: {} for d in TRIAL_DATASETS},
+          "report": {d: {} for d in TRIAL_DATASETS}, "tokens_per_s": 100.0, "use_gpu": True}
     return {"steps": 6, "use_gpu": True, "result": {**ok, **result},
             "checkpoint_files": ["latest", "step6"], "adapter_files": ["adapter_config.json",
                                                                        "adapter_model.safetensors"]}
 
 
 def test_trial_verdict_accepts_a_complete_result_and_names_each_problem():
-    assert gpu._check_trial_result(_trial()) == []
-    assert gpu._check_trial_result(_trial(step=3, finished=False))
-    assert gpu._check_trial_result(_trial(loss=float("nan")))
-    assert gpu._check_trial_result(_trial(use_gpu=False))
-    assert gpu._check_trial_result(_trial(report={"copa": {}}))
+    assert trial.check_trial_result(_trial()) == []
+    assert trial.check_trial_result(_trial(step=3, finished=False))
+    assert trial.check_trial_result(_trial(loss=float("nan")))
+    assert trial.check_trial_result(_trial(use_gpu=False))
+    assert trial.check_trial_result(_trial(report={"copa": {}}))
     missing_adapter = {**_trial(), "adapter_files": []}
-    assert any("adapter" in p for p in gpu._check_trial_result(missing_adapter))
+    assert any("adapter" in p for p in trial.check_trial_result(missing_adapter))

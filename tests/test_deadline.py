@@ -1,11 +1,11 @@
-"""run_with_deadline: the per-trial deadline of harness/search.py."""
+"""run_with_deadline: the per-trial deadline of a study (harness/study/tune.py)."""
 
 import threading
 import time
 
 import pytest
 
-from harness.search import TrialTimeout, run_with_deadline
+from harness.study.tune import TrialTimeout, run_with_deadline
 
 
 def test_returns_the_result_or_reraises_within_the_deadline():

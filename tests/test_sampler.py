@@ -1,10 +1,10 @@
-"""The warm-up + TPE sampler of harness/search.py, on a real Optuna study (in memory)."""
+"""The warm-up + TPE sampler of a study (harness/study/sampler.py), on a real Optuna study (in memory)."""
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from harness.search import QuasiRandomThenTPE, optuna_space
+from harness.study.sampler import QuasiRandomThenTPE, optuna_space
 from harness.searchspace import load_space
 
 SPACE = {

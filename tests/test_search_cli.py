@@ -10,6 +10,7 @@ import yaml
 from profiles import default_profile_with
 
 from harness import search
+from harness.study.outcomes import error_line
 from harness.records import append_rows, row_template
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,10 +113,10 @@ def test_failed_trial_reason_is_the_exception_line():
         '    raise ValueError(f"bad: {x}")\n'
         "ValueError: num_clusters=40 is more than the 32 training examples\n"
     )
-    assert search.error_line(text) == "ValueError: num_clusters=40 is more than the 32 training examples"
-    assert search.error_line("") == "trial failed"
+    assert error_line(text) == "ValueError: num_clusters=40 is more than the 32 training examples"
+    assert error_line("") == "trial failed"
     wrapped = ("ray.train.ControllerError: Training failed due to controller error:\n"
                "The actor 5de6 is unavailable: RpcError: Socket closed\n")
-    assert search.error_line(wrapped) == ("ray.train.ControllerError: Training failed due to controller error: "
+    assert error_line(wrapped) == ("ray.train.ControllerError: Training failed due to controller error: "
                                           "The actor 5de6 is unavailable: RpcError: Socket closed")
-    assert "\n" not in search.error_line("x\n" * 10)
+    assert "\n" not in error_line("x\n" * 10)

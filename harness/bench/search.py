@@ -3,7 +3,7 @@
     python -m harness.bench search [--config PROFILE] [--methods mor1e,lora] [--trials N]
                                    [--datasets a,b] [--steps N] [--eval-every N] [--results-dir DIR]
 
-Both arms run the same profile through harness.search (real Ray Tune, Optuna,
+Both arms run the same profile through harness.study (real Ray Tune, Optuna,
 Train) with the same trials per method; only the sampler (TPE after Sobol
 warm-up vs Optuna's RandomSampler) and the scheduler (ASHA vs none) differ.
 Reported per method and arm: the best selection accuracy reached, and the
@@ -13,22 +13,25 @@ training steps actually spent (pruned trials stop early). Prints a markdown tabl
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import leaderboard, search
+from harness import leaderboard
+from harness.searchspace import expand_params
+from harness.study import progress
+from harness.study.phases import run_method_search
+from harness.study.plan import Plan, build_plan, make_trial_config, one_line, space_corner, write_twins
 from harness.searchspace import ConfigError
 
 ARMS = (("tpe+asha", "tpe", "asha"), ("random", "random", "none"))
 
 
-def _plan(args, study: str, results_dir: Path) -> search.Plan:
+def _plan(args, study: str, results_dir: Path) -> Plan:
     ns = argparse.Namespace(config=args.config, address=args.address, resume=False,
                             results_dir=str(results_dir), data_dir=args.data_dir, study=study)
-    plan = search.build_plan(ns)
+    plan = build_plan(ns)
     raw = plan.profile.raw
     if args.methods:
         raw["methods"] = args.methods.split(",")
@@ -46,11 +49,11 @@ def _plan(args, study: str, results_dir: Path) -> search.Plan:
     # Validate the reduced plan's trial configs too.
     for m in raw["methods"]:
         space = plan.profile.spaces[m]
-        lr, hp = search.expand_params(m, search._pick(space, "low"), space)
+        lr, hp = expand_params(m, space_corner(space, "low"), space)
         try:
-            search.make_trial_config(plan.base_trial(m), learning_rate=lr, hparams=hp, seed=0)
+            make_trial_config(plan.base_trial(m), learning_rate=lr, hparams=hp, seed=0)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{m}: {search._one_line(exc)}") from None
+            raise ConfigError(f"{m}: {one_line(exc)}") from None
     return plan
 
 
@@ -74,24 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    search.quiet_logs()
+    progress.quiet_logs()
     from harness.ray_env import init_ray
 
     first = next(iter(plans.values()))
     first.results_dir.mkdir(parents=True, exist_ok=True)
     if first.synthetic and not first.data_dir.exists():
-        search._write_twins(first)
+        write_twins(first)
     init_ray(args.address, num_cpus=first.profile.resources.get("ray_num_cpus"))
 
     walls = {}
     for name, algorithm, scheduler in ARMS:
         plan = plans[name]
         methods = plan.profile.methods
-        search._PROGRESS = search.Progress(len(methods) * plan.profile.trials_per_method)
+        shown = progress.start(len(methods) * plan.profile.trials_per_method)
         start = time.time()
         for m in methods:
-            search._PROGRESS.line(f"[{name}] {m}: {plan.profile.trials_per_method} trials")
-            search.run_method_search(plan, m, search._PROGRESS, algorithm=algorithm, scheduler=scheduler)
+            shown.line(f"[{name}] {m}: {plan.profile.trials_per_method} trials")
+            run_method_search(plan, m, shown, algorithm=algorithm, scheduler=scheduler)
         walls[name] = time.time() - start
 
     df = leaderboard.load(results_dir)

@@ -1,0 +1,176 @@
+"""GPU check section ``throughput``: training-step tokens/s of the adapter methods.
+
+Dense, PEFT LoRA r=8, MoLoRA 8x4 and MoR1E 4x8 (the ``harness.bench adapters`` configurations)
+on a random Llama of realistic width, in bf16 parameters as DeepSpeed casts them, forward +
+backward + torch AdamW, device-synchronised median of the measured steps; methods are timed in
+turns and the best median is kept. With ``--profile``, one profiled step per method: aten ops,
+kernel launches and summed kernel time, which tell a GPU-bound step from one that waits on the host.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from harness.bench._gpu.common import Report, cast_params, sync
+from harness.bench.adapters import METHODS as ADAPTER_BENCH_METHODS
+
+
+THROUGHPUT_METHODS = {
+    **ADAPTER_BENCH_METHODS,  # the configurations of `python -m harness.bench adapters`
+    # Variants, to see where MoR1E's time goes (not in the default --methods).
+    "mor1e-unshared": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8, "share_routers": False}),
+    "mor1e-token-only": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8, "use_intuition": False}),
+}
+DEFAULT_THROUGHPUT = ("dense", "lora", "molora", "mor1e")
+
+
+def _llama_config(args):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                       num_key_value_heads=args.kv_heads, max_position_embeddings=max(2048, args.seq),
+                       tie_word_embeddings=False)
+
+
+def time_method(method: str, args, device) -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    import mor1e
+    from harness.methods import apply_method
+
+    name, hparams = THROUGHPUT_METHODS[method]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(_llama_config(args))
+    apply_method(model, name, hparams)
+    cast_params(model, dtype)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    adapter_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
+    uses_scores = name == "mor1e" and hparams.get("use_intuition", True)
+    scores = torch.rand(args.batch, hparams["num_clusters"], generator=gen) if uses_scores else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss + mor1e.aux_loss(model).to(device)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    times = []
+    with mor1e.intuition(model, scores):
+        for i in range(args.warmup + args.steps):
+            sync(device)
+            start = time.perf_counter()
+            loss = step()
+            sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        profile = _profile_step(step, device) if args.profile else None
+    out = {
+        "method": method,
+        "trainable": mor1e.count_trainable(model),
+        "total": sum(p.numel() for p in model.parameters()),
+        "median_s": statistics.median(times),
+        "tokens_per_s": args.batch * args.seq / statistics.median(times),
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
+        "param_dtypes": adapter_dtypes,
+        "loss": float(loss.detach()),
+        "profile": profile,
+    }
+    del model, optimizer, params
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def _profile_step(step, device) -> dict:
+    """One step under torch.profiler: kernel launches, summed kernel time and the top kernels.
+
+    Kernel time far below the step's wall time means the step waits on the host (Python and
+    launch overhead), not on the GPU.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    try:
+        with profile(activities=activities) as prof:
+            step()
+            sync(device)
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU and e.key.startswith("aten::")]
+        top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:5]
+        return {
+            "kernel_launches": sum(e.count for e in kernels),
+            "kernel_ms": sum(e.self_device_time_total for e in kernels) / 1000,
+            "aten_ops": sum(e.count for e in ops),
+            "top": [(e.key[:60], e.count, e.self_device_time_total / 1000) for e in top],
+        }
+    except Exception as exc:  # the timings stand without it
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+
+
+def run(report: Report, args, device, tmp: str) -> dict[str, dict]:
+    """Time each method in turns; keep each one's best median."""
+    section = f"throughput ({device.type})"
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for method in methods:
+            try:
+                r = time_method(method, args, device)
+            except Exception as exc:
+                traceback.print_exc()
+                report.add(section, f"{method} step", False, f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            print(f"[{repeat + 1}/{args.repeats}] {method}: {r['tokens_per_s']:.0f} tokens/s "
+                  f"(median step {1000 * r['median_s']:.1f} ms)", file=sys.stderr, flush=True)
+            if method not in results or r["median_s"] < results[method]["median_s"]:
+                results[method] = r
+    for method, r in results.items():
+        report.add(section, f"{method} step", bool(np.isfinite(r["loss"])), f"{r['tokens_per_s']:.0f} tokens/s, "
+                   f"loss {r['loss']:.3f}")
+    return results
+
+
+def table(results: dict[str, dict], args, device) -> str:
+    lora = results.get("lora")
+    lines = [f"Random Llama: hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
+             f"{args.heads} heads ({args.kv_heads} KV), vocab {args.vocab}; batch {args.batch} x {args.seq} tokens; "
+             f"{'bf16' if device.type == 'cuda' else 'fp32'} parameters; median of {args.steps} steps after "
+             f"{args.warmup} warmup, best of {args.repeats} turns.", "",
+             "| method | config | trainable params | trainable dtype | median step (ms) | tokens/s "
+             "| vs LoRA tokens/s | peak GPU memory (GiB) |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for method, r in results.items():
+        ratio = f"{r['tokens_per_s'] / lora['tokens_per_s']:.2f}x" if lora else "n/a"
+        config = ", ".join(f"{k}={v}" for k, v in THROUGHPUT_METHODS[method][1].items()) or "all params"
+        lines.append(f"| {method} | {config} | {r['trainable']:,} | {'/'.join(r['param_dtypes'])} "
+                     f"| {1000 * r['median_s']:.1f} | {r['tokens_per_s']:,.0f} | {ratio} | {r['peak_mem_gb']:.1f} |")
+    profiled = {m: r["profile"] for m, r in results.items() if r.get("profile")}
+    if profiled:
+        lines += ["", "One profiled step per method (torch.profiler):", "",
+                  "| method | aten ops | kernel launches | summed kernel time (ms) | median step (ms) "
+                  "| top kernels (count, ms) |", "|---|---:|---:|---:|---:|---|"]
+        for method, p in profiled.items():
+            if "error" in p:
+                lines.append(f"| {method} | | | | | profiler failed: {p['error']} |")
+                continue
+            top = "; ".join(f"{k} ({n}, {ms:.1f})" for k, n, ms in p["top"])
+            lines.append(f"| {method} | {p['aten_ops']} | {p['kernel_launches']} | {p['kernel_ms']:.1f} "
+                         f"| {1000 * results[method]['median_s']:.1f} | {top} |")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""The plan of a study: a profile turned into everything a study needs, checked before Ray starts.
+
+Owns the ``Plan`` (profile, study name, results and data dirs), every input check that
+``python harness/search.py`` makes before it starts anything (one ``ConfigError`` line each),
+how a trial's config is built from the plan and a sampled point, and writing the twins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import leaderboard
+from harness.records import read_rows
+from harness.searchspace import ConfigError, Profile, Space, expand_params, load_profile
+
+METRIC = "selection_accuracy"
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything a study needs, validated before Ray starts."""
+
+    profile: Profile
+    study: str
+    results_dir: Path
+    data_dir: Path | None  # None: the hub (real datasets) -- only for users with network
+    synthetic: bool
+    address: str | None
+    resume: bool
+
+    @property
+    def leaderboard_path(self) -> Path:
+        return self.results_dir / leaderboard.LEADERBOARD_FILE
+
+    @property
+    def ray_dir(self) -> Path:
+        return (self.results_dir / "ray" / self.study).resolve()
+
+    @property
+    def optuna_path(self) -> Path:
+        return (self.results_dir / "optuna" / f"{self.study}.sqlite").resolve()
+
+    def base_trial(self, method: str) -> dict[str, Any]:
+        """TrialConfig kwargs every trial of the study shares (the per-trial budget)."""
+        p = self.profile
+        kwargs = dict(p.training)
+        kwargs.update(
+            method=method,
+            model=p.model,
+            datasets=list(p.datasets),
+            data_dir=None if self.data_dir is None else str(self.data_dir),
+            num_workers=p.resources["num_workers"],
+            use_gpu=p.resources["use_gpu"],
+            zero_stage=p.resources["zero_stage"],
+        )
+        return kwargs
+
+
+def make_trial_config(base: dict, *, learning_rate: float | None, hparams: dict, seed: int):
+    from harness.trial import TrialConfig
+
+    kwargs = dict(base, hparams=dict(hparams), seed=seed)
+    if learning_rate is not None:
+        kwargs["learning_rate"] = learning_rate
+    return TrialConfig(**kwargs)
+
+
+def _synthetic_dir(results_dir: Path, data: dict) -> Path:
+    seed, n_train, n_val = data.get("seed", 0), data.get("n_train", 64), data.get("n_validation", 16)
+    return results_dir / "data" / f"synthetic-s{seed}-t{n_train}-v{n_val}"
+
+
+def _count_train_examples(raw: dict, data_dir: Path | None, synthetic: bool) -> int | None:
+    """Training examples k-means will cluster (train role, after the per-dataset cap), or None if unknown."""
+    from harness.data.loading import selection_size
+    from harness.data.adapters import get_adapter
+
+    cap = raw["training"].get("train_limit", _default_field("train_limit"))
+    total = 0
+    for d in raw["datasets"]:
+        if synthetic and data_dir is None:
+            n = raw["data"].get("n_train", 64)
+        else:
+            if data_dir is None:
+                return None
+            split = get_adapter(d).train_split
+            n = _count_rows(data_dir, d, split)
+            if n is None:
+                return None
+        n -= selection_size(n)
+        total += min(n, cap) if cap else n
+    return total
+
+
+def _default_field(name: str):
+    from harness.trial import TrialConfig
+
+    f = {f.name: f for f in dataclasses.fields(TrialConfig)}.get(name)
+    return None if f is None or f.default is dataclasses.MISSING else f.default
+
+
+def _count_rows(data_dir: Path, dataset: str, split: str) -> int | None:
+    jsonl = data_dir / dataset / f"{split}.jsonl"
+    if jsonl.exists():
+        with open(jsonl, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    pq_path = data_dir / dataset / f"{split}.parquet"
+    if pq_path.exists():
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(pq_path).metadata.num_rows
+    return None
+
+
+def _check_results_dir(results_dir: Path) -> None:
+    """The results dir must be creatable/writable; an existing leaderboard must be readable."""
+    probe = results_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"results dir {results_dir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"results dir {results_dir} is not writable")
+    # os.access says yes to root and on read-only mounts; try a real write (nothing is left behind).
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"results dir {results_dir} is not writable ({exc.strerror or exc})") from None
+    if results_dir.exists():
+        lb = results_dir / leaderboard.LEADERBOARD_FILE
+        if lb.exists():
+            try:
+                read_rows(lb)
+            except Exception as exc:
+                raise ConfigError(f"{lb} is not a readable leaderboard: {str(exc).splitlines()[0]}") from None
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Validate the profile, spaces, data and results dir; raise ConfigError with one line."""
+    results_dir = Path(args.results_dir)
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise ConfigError(f"data dir {args.data_dir} does not exist")
+
+    from harness.trial import TrialConfig
+
+    training_keys = {f.name for f in dataclasses.fields(TrialConfig)}
+
+    # The profile decides whether data is synthetic; --data-dir always wins.
+    state = {}
+
+    def count(raw):
+        synthetic = bool(raw["data"].get("synthetic")) and data_dir is None
+        state["synthetic"] = synthetic
+        return _count_train_examples(raw, data_dir, synthetic)
+
+    profile = load_profile(args.config, training_keys=training_keys, count_train_examples=count)
+    study = args.study or profile.study
+    if not study or not all(c.isalnum() or c in "-_." for c in study):
+        raise ConfigError(f"study name {study!r} may use only letters, digits, '-', '_', '.'")
+
+    if data_dir is not None:
+        for d in profile.datasets:
+            from harness.data.adapters import get_adapter
+
+            a = get_adapter(d)
+            for split in (a.train_split, a.report_split):
+                if _count_rows(data_dir, d, split) is None:
+                    raise ConfigError(f"data dir {data_dir}: missing {d}/{split}.jsonl (or .parquet)")
+
+    _check_results_dir(results_dir)
+    synthetic = state.get("synthetic", False)
+    if synthetic:
+        data_dir = _synthetic_dir(results_dir, profile.data).resolve()
+    plan = Plan(profile, study, results_dir.resolve(), data_dir, synthetic, args.address, args.resume)
+
+    existing = leaderboard.load(results_dir) if plan.leaderboard_path.exists() else None
+    study_recorded = existing is not None and (existing.study == study).any()
+    if args.resume:
+        if not plan.ray_dir.exists() and not study_recorded:
+            raise ConfigError(f"nothing to resume: no study {study!r} in {results_dir}")
+    elif study_recorded or plan.ray_dir.exists():
+        raise ConfigError(
+            f"study {study!r} already exists in {results_dir}; pass --resume to continue it or --study NEW"
+        )
+
+    # Every method's trial config must construct: catches bad training keys and values now.
+    for method, space in profile.spaces.items():
+        for corner in (space_corner(space, "low"), space_corner(space, "high")):
+            lr, hp = expand_params(method, corner, space)
+            try:
+                make_trial_config(plan.base_trial(method), learning_rate=lr, hparams=hp, seed=0)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{profile.source}: {method}: {one_line(exc)}") from None
+    for method in profile.reference:
+        try:
+            make_trial_config(plan.base_trial(method), learning_rate=None, hparams={}, seed=0)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{profile.source}: {method}: {one_line(exc)}") from None
+    return plan
+
+
+def space_corner(space: Space, end: str) -> dict:
+    """Every searched parameter at its low (first choice) or high (last choice) end."""
+    out = {}
+    for name, p in space.searched().items():
+        if p.type == "categorical":
+            out[name] = p.choices[0 if end == "low" else -1]
+        else:
+            out[name] = p.low if end == "low" else p.high
+    return out
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def trial_point(method: str, space_params: dict | None, seed: int, config: dict) -> tuple[float | None, dict, int]:
+    """(learning_rate, hparams, seed) of a Tune trial's config.
+
+    Search trials carry the sampled point (e.g. expert_shape "4x8"); fixed runs
+    (reference, final) carry ``learning_rate`` + expanded ``hparams`` + ``seed``.
+    """
+    if "hparams" in config:
+        return config.get("learning_rate"), dict(config["hparams"]), int(config.get("seed", seed))
+    space = Space(method, space_params, "trial") if space_params else None
+    sampled = {k: config[k] for k in (space_params or {}) if k in config}
+    learning_rate, hparams = expand_params(method, sampled, space)
+    return learning_rate, hparams, int(config.get("seed", seed))
+
+
+def write_twins(plan: Plan) -> None:
+    """Synthetic twins, written to a temp dir beside the target and renamed into place."""
+    from harness.data import write_synthetic
+
+    d = plan.profile.data
+    target = plan.data_dir
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_synthetic(tmp, seed=d.get("seed", 0), n_train=d.get("n_train", 64),
+                        n_validation=d.get("n_validation", 16))
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+

@@ -1,0 +1,96 @@
+"""What a study prints: timed progress lines, trial counts, best scores and ETA; quiet third-party logs.
+
+Used by every other module of the study package, and uses none of them. The live ``Progress``
+of this process is a module global that callbacks look up when called (see ``current``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+
+import optuna
+
+
+class Progress:
+    """Readable progress lines: trial counts, best selection accuracy per method, elapsed, ETA."""
+
+    def __init__(self, total_trials: int):
+        self.total = total_trials
+        self.start = time.time()
+        self.counts = {"completed": 0, "pruned": 0, "failed": 0}
+        self.running: set[str] = set()
+        self.best: dict[str, float] = {}
+
+    def line(self, msg: str) -> None:
+        print(f"[{clock(time.time() - self.start)}] {msg}", flush=True)
+
+    def finished(self, trial_id: str, status: str, method: str, score: float | None) -> None:
+        self.running.discard(trial_id)
+        self.counts[status] += 1
+        if status == "completed" and score is not None:
+            self.best[method] = max(score, self.best.get(method, -1.0))
+
+    def status(self) -> str:
+        done = sum(self.counts.values())
+        best = " ".join(f"{m}={100 * v:.1f}" for m, v in self.best.items()) or "-"
+        eta = "?"
+        if done:  # the pace so far (concurrent trials included), applied to the trials left
+            eta = clock((time.time() - self.start) / done * max(self.total - done, 0))
+        c = self.counts
+        return (f"trials {done}/{self.total} (completed {c['completed']}, pruned {c['pruned']}, "
+                f"failed {c['failed']}, running {len(self.running)}) | best selection %: {best} | ETA {eta}")
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def short(v):
+    """A value as a progress line shows it (floats to 3 significant digits)."""
+    return f"{v:.3g}" if isinstance(v, float) else v
+
+
+# The live Progress of this process. Callbacks look it up here at call time
+# rather than holding it: Tune pickles its callbacks into tuner.pkl, and a
+# restored (resumed) Tuner must report to the new run's progress, not a copy.
+_PROGRESS: Progress | None = None
+
+
+def start(total_trials: int) -> Progress:
+    """A fresh Progress for ``total_trials`` trials, made the live one."""
+    global _PROGRESS
+    _PROGRESS = Progress(total_trials)
+    return _PROGRESS
+
+
+def current() -> Progress:
+    """The live Progress (one counting no trials if none was started)."""
+    global _PROGRESS
+    if _PROGRESS is None:
+        _PROGRESS = Progress(total_trials=0)
+    return _PROGRESS
+
+
+def quiet_logs() -> None:
+    """Keep the terminal readable: Ray's per-process logs stay in its session dir."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Snapshot Tune's experiment state every second (default: every >= 10 s), so
+    # that a killed study's snapshot is close to its leaderboard when resumed.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's own Ctrl-C handler ends only the current Tuner, and the study would
+    # go on to the next method; a Ctrl-C should stop the study (--resume continues it).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -1,0 +1,220 @@
+"""The Tune side of a study: the driver function each trial runs, its deadline, and the callback
+that records every trial as it ends.
+
+Owns ``trial_driver`` (one Tune trial: build its TrialConfig and run it as a Ray Train job
+through ``harness.train.run_trial``), ``run_with_deadline``, ``RecordAndReport`` (runs on the
+study's process: leaderboard rows and progress lines per trial), and ``run_tuner``, which runs
+or restores one Tuner and reconciles its results with the leaderboard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+from ray.tune import Callback
+
+from harness.background import Background
+from harness.records import append_rows
+from harness.searchspace import Space
+from harness.study.outcomes import per_dataset, reconcile, record_trial, recorded_outcomes, trial_error
+from harness.study.plan import METRIC, Plan, make_trial_config, trial_point
+from harness.study.progress import Progress, current, short
+
+# Seconds between sweeps for placement groups that dead Train controllers left behind.
+ORPHAN_SWEEP_S = 10.0
+
+
+class TrialTimeout(RuntimeError):
+    """A trial's Train run did not finish within the profile's ``resources.trial_timeout_s``."""
+
+
+def run_with_deadline(fn, timeout_s: float | None):
+    """``fn()``, or TrialTimeout once ``timeout_s`` has passed without it returning.
+
+    ``fn`` runs on a daemon thread that is abandoned on timeout: the raise ends
+    the Tune trial, Tune removes the trial's actor, and the Train controller and
+    workers that actor owns go with it.
+    """
+    if timeout_s is None:
+        return fn()
+    call = Background(fn, name="trial")
+    if not call.join(timeout_s):
+        raise TrialTimeout(f"no result within trial_timeout_s={timeout_s:g}s; the Train run was abandoned "
+                           "(a lost node or a stuck worker group)")
+    return call.result()
+
+
+def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, seed: int,
+                 storage_path: str, recorded: dict | None = None, timeout_s: float | None = None) -> None:
+    """One Tune trial: build the TrialConfig from the sampled point and run it as a Ray Train job.
+
+    ``recorded``: on resume, trials the leaderboard already holds. Tune's own
+    snapshot can lag the leaderboard by a moment; a trial it restarts that was
+    in fact finished replays its recorded outcome instead of training again.
+    ``timeout_s``: the trial fails with TrialTimeout if its Train run has not
+    finished by then.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from harness.train import run_trial
+
+    trial_id = tune.get_context().get_trial_id()
+    if recorded and trial_id in recorded:
+        status, reason, metrics = recorded[trial_id]
+        if status == "failed":
+            raise RuntimeError(reason or "trial failed")
+        tune.report(metrics)
+        return
+    learning_rate, hparams, seed = trial_point(method, space_params, seed, config)
+    cfg = make_trial_config(base, learning_rate=learning_rate, hparams=hparams, seed=seed)
+    start = time.time()
+    callbacks = [TuneReportCallback()]
+    result = run_with_deadline(
+        lambda: run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=callbacks), timeout_s)
+    # The last worker report already reached Tune (TuneReportCallback); this one
+    # marks the trial as run to the end. Only keys with values: the recorder
+    # merges reports, and Train's returned metrics are those of the last
+    # *checkpointed* report, which an evaluate-only (zeroshot) run never makes.
+    final = {k: v for k, v in _json_safe(result).items() if v is not None}
+    final["done_final"] = True
+    final["driver_node"] = ray.get_runtime_context().get_node_id()
+    final["wall_s"] = time.time() - start
+    tune.report(final)
+
+
+def _json_safe(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+class RecordAndReport(Callback):
+    """Runs on this (driver) process: records each finished trial and prints progress."""
+
+    def __init__(self, plan: Plan, method: str, seed: int, space: Space | None, phase: str = "search"):
+        self.plan, self.method, self.seed, self.space, self.phase = plan, method, seed, space, phase
+        self.last: dict[str, dict] = {}
+        self.retries: dict[str, list[str]] = {}  # trial_id -> the errors it was restarted after
+        self.swept_at = 0.0
+
+    def _sweep(self, *, every_s: float = 0.0) -> None:
+        """Free the CPUs/GPUs of placement groups that dead Train controllers left behind (a lost node)."""
+        if time.monotonic() - self.swept_at < every_s:
+            return
+        self.swept_at = time.monotonic()
+        from harness.ray_env import remove_orphaned_placement_groups
+
+        removed = remove_orphaned_placement_groups()
+        if removed:
+            current().line(f"removed {len(removed)} placement group(s) left by dead Train controllers: "
+                           + " ".join(pg[:8] for pg in removed))
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._sweep(every_s=ORPHAN_SWEEP_S)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        progress = current()
+        progress.running.add(trial.trial_id)
+        shown = ", ".join(f"{k}={short(v)}" for k, v in trial.config.items())
+        progress.line(f"{self.method} {self.phase} trial {trial.trial_id} started: {shown}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # Merged: the driver's closing report adds to the workers' last one.
+        self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **result}
+        if not result.get("done_final") and METRIC in result:
+            step = result.get("step", result.get("training_iteration"))
+            current().line(f"{self.method} trial {trial.trial_id} step {step}: selection "
+                           f"{100 * result[METRIC]:.1f}%")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, error=None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, error=trial_error(trial))
+        self._sweep()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._sweep()
+        errors = self.retries.setdefault(trial.trial_id, [])
+        errors.append(trial_error(trial))
+        current().line(f"{self.method} {self.phase} trial {trial.trial_id} failed ({errors[-1]}); restarting it, "
+                       f"from its last checkpoint if it has one (retry {len(errors)})")
+
+    def _record(self, trial, error: str | None):
+        progress = current()
+        result = self.last.get(trial.trial_id) or trial.last_result or {}
+        status, reason, rows = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id,
+                                            trial.config, result, error, phase=self.phase,
+                                            retried=self.retries.get(trial.trial_id, []))
+        append_rows(self.plan.leaderboard_path, rows, dedupe=True)
+        score = result.get(METRIC) if status == "completed" and self.phase == "search" else None
+        progress.finished(trial.trial_id, status, self.method, score)
+        report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
+        report = [a for a in report if a is not None]
+        progress.line(f"{self.method} {self.phase} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
+                      + (f", selection {100 * score:.1f}%" if score is not None else "")
+                      + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and self.phase != "search"
+                         else ""))
+        progress.line(progress.status())
+
+
+def num_evals(plan: Plan) -> int:
+    """Selection evaluations a full trial reports: ASHA's max_t (in Tune iterations)."""
+    t = plan.profile.training
+    steps, every = t.get("steps"), t.get("eval_every")
+    if steps and every:
+        return max(1, math.ceil(steps / every))
+    # Epoch-based budgets depend on the data size; a bound that never cuts a trial short.
+    return 10_000
+
+
+def run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_space: dict, num_samples: int,
+              space: Space | None, progress: Progress, search_alg=None, scheduler=None) -> None:
+    """Run (or, with --resume, restore and finish) one Tuner over trial_driver; record every trial."""
+    from ray import tune
+
+    seed = plan.profile.final["seeds"][0]
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_driver, base=plan.base_trial(method), method=method,
+            space_params=space.params if space else None, seed=seed,
+            storage_path=str(plan.ray_dir / "train"),
+            recorded=recorded_outcomes(plan, method, phase) if plan.resume else None,
+            timeout_s=plan.profile.resources.get("trial_timeout_s"),
+        ),
+        # The driver only waits on its TorchTrainer; a whole CPU would starve small machines.
+        {"cpu": 0.01},
+    )
+    path = plan.ray_dir / experiment
+    if plan.resume and (path / "tuner.pkl").exists():
+        progress.line(f"{method} {phase}: resuming {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        if path.exists():  # a start that was killed before Tune saved any state
+            shutil.rmtree(path)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                # Fixed runs (reference, final) have nothing to optimise; without a
+                # metric Tune does not require every report to carry one.
+                metric=METRIC if search_alg is not None else None, mode="max" if search_alg is not None else None,
+                search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                max_concurrent_trials=plan.profile.max_concurrent_trials,
+                trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
+                # A fresh actor per trial: a timed-out trial's actor, and the Train run it owns, are removed.
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=str(plan.ray_dir),
+                callbacks=[RecordAndReport(plan, method, seed, space, phase)],
+                verbose=0, failure_config=tune.FailureConfig(max_failures=plan.profile.resources["trial_retries"]),
+            ),
+        )
+    grid = tuner.fit()
+    reconcile(plan, method, space, seed, grid, phase)
+
