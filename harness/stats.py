@@ -90,6 +90,30 @@ def correctness(predictions: pd.DataFrame, method: str, *, metric: str = "accura
     return out
 
 
+class PredictionSet:
+    """One study's prediction rows with each method's correctness computed once (the table compares
+    every method with the best baseline, which would otherwise rebuild the same matrices)."""
+
+    def __init__(self, predictions: pd.DataFrame):
+        self.frame = predictions
+        self._cache: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
+
+    def correctness(self, method: str, metric: str = "accuracy") -> dict[str, pd.DataFrame]:
+        key = (method, metric)
+        if key not in self._cache:
+            self._cache[key] = correctness(self.frame, method, metric=metric)
+        return self._cache[key]
+
+    def published_methods(self) -> list[str]:
+        f = self.frame
+        return sorted({str(m) for m in f.loc[(f.role == "report") & (f.phase == f.method.map(published_phase)),
+                                             "method"]})
+
+
+def _as_set(predictions: pd.DataFrame | PredictionSet) -> PredictionSet:
+    return predictions if isinstance(predictions, PredictionSet) else PredictionSet(predictions)
+
+
 def dataset_order(names) -> list[str]:
     """The paper's dataset order (DESIGN.md); names outside it follow, alphabetically."""
     from harness.searchspace import DATASETS
@@ -207,10 +231,10 @@ class MethodInterval:
     mean_ci_high: float
 
 
-def method_interval(predictions: pd.DataFrame, method: str, *, metric: str = "accuracy",
+def method_interval(predictions: pd.DataFrame | PredictionSet, method: str, *, metric: str = "accuracy",
                     n_resamples: int = N_RESAMPLES, seed: int = RANDOM_SEED) -> MethodInterval | None:
     """Per dataset and for the unweighted mean: accuracy over seeds with its 95% interval; None without predictions."""
-    matrices = correctness(predictions, method, metric=metric)
+    matrices = _as_set(predictions).correctness(method, metric)
     matrices = {d: m for d, m in matrices.items() if len(m)}
     if not matrices:
         return None
@@ -347,16 +371,15 @@ def fmt_p(p: float) -> str:
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
-def compare(predictions: pd.DataFrame, a: str, b: str, *, study: str, metric: str = "accuracy",
+def compare(predictions: pd.DataFrame | PredictionSet, a: str, b: str, *, study: str, metric: str = "accuracy",
             n_resamples: int = N_RESAMPLES, seed: int = RANDOM_SEED) -> Comparison:
     """Paired comparison of methods ``a`` and ``b`` in ``predictions`` (one study's rows)."""
+    predictions = _as_set(predictions)
     sides = {}
     for method in (a, b):
-        matrices = correctness(predictions, method, metric=metric)
+        matrices = predictions.correctness(method, metric)
         if not matrices:
-            have = sorted({str(m) for m in predictions.loc[
-                (predictions.role == "report")
-                & (predictions.phase == predictions.method.map(published_phase)), "method"]})
+            have = predictions.published_methods()
             raise StatsError(f"method {method!r} has no {published_phase(method)} report predictions in study "
                              f"{study!r} (methods with them: {', '.join(have) or 'none'})")
         sides[method] = matrices
