@@ -180,7 +180,10 @@ def study_stats(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None =
         row = {"method": method, "mean_accuracy": float(cells.accuracy_mean.mean()),
                "mean_ci_low": np.nan, "mean_ci_high": np.nan,
                "trainable_params": cells.trainable_params.max(), "n_seeds": int(cells.n_seeds.max())}
-        interval = None if preds is None else stats.method_interval(preds, method)
+        try:
+            interval = None if preds is None else stats.method_interval(preds, method)
+        except stats.StatsError:
+            interval = None  # e.g. a seed that skipped a dataset: no interval rather than a wrong one
         if interval is not None:
             ci = interval.datasets.set_index("dataset")
             mask = (pub.method == method) & pub.dataset.isin(ci.index)
