@@ -1,4 +1,6 @@
-import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,8 @@ from harness.predictions import (
     recompute_accuracies,
 )
 from harness.records import append_rows, read_rows, row_template
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _examples(dataset, n, *, seed=0, cloze=True):
@@ -164,22 +168,24 @@ def test_crash_while_writing_leaves_old_file_byte_identical(tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [PREDICTIONS_FILE]
 
 
-def _append_many(path, worker):
-    ex = _examples("boolq", 20, seed=worker)
-    ll = _loglikes(ex, seed=worker)
-    for j in range(4):
-        append_predictions(path, _rows(ex, ll, trial_id=f"w{worker}_{j}"))
+# A separate interpreter per writer (no fork of the test process): rows built by hand, four appends each.
+_WRITER = """
+import sys
+from harness.predictions import append_predictions
+from harness.records import now_utc
+path, worker = sys.argv[1], int(sys.argv[2])
+for j in range(4):
+    append_predictions(path, [dict(
+        study="s", trial_id=f"w{worker}_{j}", phase="final", method="lora", seed=0, dataset="boolq",
+        split="validation", role="report", example_id=f"boolq-{i}", gold=0, pred=i % 2, pred_norm=0,
+        option_loglikes=[-1.0, -2.0], option_bytes=[1, 1], created_at=now_utc()) for i in range(20)])
+"""
 
 
 def test_concurrent_appends_from_two_processes_lose_nothing(tmp_path):
     path = tmp_path / PREDICTIONS_FILE
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append_many, args=(path, w)) for w in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(w)], cwd=REPO) for w in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
     df = read_predictions(path)
     assert len(df) == 2 * 4 * 20
     assert sorted(df.trial_id.unique()) == sorted(f"w{w}_{j}" for w in range(2) for j in range(4))
