@@ -185,3 +185,13 @@ def test_method_interval_covers_its_mean():
     assert mi.mean == pytest.approx(mi.datasets.accuracy.mean())
     assert mi.mean_ci_low < mi.mean < mi.mean_ci_high
     assert stats.method_interval(preds, "dense") is None
+
+
+def test_verdict_needs_both_a_small_p_and_an_interval_without_zero():
+    def verdict(p, low, high):
+        mean = stats.MeanResult(a=0.6, b=0.55, delta=0.05, ci_low=low, ci_high=high, p=p)
+        return stats.Comparison("mor1e", "lora", "s", 3, [], mean).verdict()
+
+    assert verdict(0.01, 0.01, 0.09).startswith("verdict: mor1e beats lora")
+    assert verdict(0.01, -0.01, 0.09).startswith("verdict: mor1e is ahead of lora on these examples, but")
+    assert verdict(0.20, 0.01, 0.09).startswith("verdict: no significant difference")
