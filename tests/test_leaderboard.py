@@ -1,9 +1,12 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from harness import leaderboard
+from harness import evaluate, leaderboard
+from harness.data import Example
+from harness.predictions import PREDICTIONS_FILE, append_predictions, prediction_rows
 from harness.records import append_rows, row_template
 
 
@@ -55,20 +58,31 @@ def test_summary_is_computed_from_records(results):
     summary = leaderboard.write_summary(results)
     again = pd.read_parquet(results / "summary.parquet")
     assert len(again) == len(summary) == 4
+    assert list(again.columns) == leaderboard.SUMMARY_SCHEMA.names
     lora = again[again.method == "lora"].set_index("dataset")
     assert lora.loc["rte", "accuracy_mean"] == pytest.approx(0.8)
     assert lora.loc["boolq", "mean_accuracy"] == pytest.approx(0.75)
     assert lora.loc["boolq", "best_trial_id"] == "lora_1"
     assert json.loads(lora.loc["boolq", "hparams_json"]) == {"rank": 8}
+    assert (lora.n_seeds == 2).all() and (lora.n_examples == 20).all()
+    # without predictions there are no intervals or tests; trials are counted, their cost is unknown
+    assert again[["ci_low", "ci_high", "mean_ci_low", "p_vs_best_baseline"]].isna().all().all()
+    assert (lora.search_trials == 3).all() and (lora.search_trials_costed == 0).all()
+    assert lora.search_cost_s.isna().all()
+    assert (again.best_baseline == "lora").all()
+    zeroshot = again[again.method == "zeroshot"].iloc[0]
+    assert zeroshot.delta_vs_best_baseline == pytest.approx(0.375 - 0.75) and zeroshot.search_trials == 0
 
 
 def test_cli_prints_table_sql_and_plot(results, capsys, tmp_path):
     assert leaderboard.main(["--results-dir", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "| method | boolq | rte | mean | params |" in out
-    assert "| lora | 70.0±14.1 | 80.0±0.0 | 75.0 | 1.00K |" in out
-    assert "| zeroshot | 50.0 | 25.0 | 37.5 | 0 |" in out
+    assert "| method | boolq | rte | mean | 95% CI | vs lora | params | search cost |" in out
+    # no predictions.parquet: no interval, no test; no device_s recorded: the cost is unknown
+    assert "| lora | 70.0±14.1 | 80.0±0.0 | 75.0 | - | best baseline | 1.00K | ? (3 trials) |" in out
+    assert "| zeroshot | 50.0 | 25.0 | 37.5 | - | -37.5 | 0 | - |" in out
     assert "3 search trials (completed 2, pruned 1, failed 0)" in out
+    assert "no predictions recorded" in out
 
     leaderboard.write_summary(results)
     assert leaderboard.main(["--results-dir", str(results), "--sql",
@@ -91,7 +105,7 @@ def test_two_studies_are_both_shown_and_selectable(results, capsys):
     assert "study s1" in out and "study s2" in out
     assert leaderboard.main(["--results-dir", str(results), "--study", "s2"]) == 0
     out = capsys.readouterr().out
-    assert "study s1" not in out and "| dense | 90.0 | 90.0 | 5 |" in out
+    assert "study s1" not in out and "| dense | 90.0 | 90.0 | - | best baseline | 5 | - |" in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -110,3 +124,180 @@ def test_cli_bad_input_exits_2(results, capsys, args, message):
 def test_cli_without_leaderboard_exits_2(tmp_path, capsys):
     assert leaderboard.main(["--results-dir", str(tmp_path)]) == 2
     assert "no leaderboard" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- with per-example predictions
+
+
+def _record(results, study, method, trial_id, phase, correct_by_dataset, *, seed=0, status="completed",
+            params=1000, device_s=None, train_tokens=None, role="report", budget=None, router=None):
+    """Leaderboard rows and their prediction rows for one trial, as a study records them."""
+    examples, loglikes = [], []
+    for dataset, correct in correct_by_dataset.items():
+        for i, ok in enumerate(correct):
+            gold = i % 3
+            pred = gold if ok else (gold + 1) % 3
+            examples.append(Example(id=f"{dataset}-{i}", dataset=dataset, prompt="q", choices=(" a", " b", " c"),
+                                    options=(" a", " b", " c"), gold=gold, text="q"))
+            loglikes.append([0.0 if j == pred else -2.0 for j in range(3)])
+    rows = []
+    for dataset, m in evaluate.metrics(examples, loglikes).items():
+        rows.append(row_template(
+            study=study, method=method, trial_id=trial_id, status=status, status_reason=None, dataset=dataset,
+            split="validation" if role == "report" else "train[selection]", role=role, accuracy=m["accuracy"],
+            acc_norm=m["acc_norm"], n_examples=m["n_examples"], trainable_params=params, num_experts=None,
+            num_clusters=None, router_temperature=None, learning_rate=1e-3, zero_stage=0, num_workers=1,
+            model="tiny-random-llama", seed=seed, scoring="letter", phase=phase, hparams_json="{}",
+            device_s=device_s, train_tokens=train_tokens, budget_json=json.dumps(budget) if budget else None,
+            **(router or {})))
+    append_rows(results / "leaderboard.parquet", rows)
+    append_predictions(results / PREDICTIONS_FILE, prediction_rows(
+        examples, loglikes, study=study, trial_id=trial_id, phase=phase, method=method, seed=seed, role=role,
+        split="validation" if role == "report" else "train[selection]"))
+
+
+ROUTER = dict(router_gate_mean=0.5, router_load_entropy=0.9, router_max_share=0.2, router_dead_fraction=0.0,
+              router_token_entropy=0.7)
+
+
+@pytest.fixture(scope="module")
+def study_with_predictions(tmp_path_factory):
+    """Study "old" (lora only), then study "s": lora, dense, mor1e (2 final seeds each) and zero-shot.
+
+    mor1e is right wherever lora is, and on 30% more of the boolq examples and 20% more of the
+    rte examples lora gets wrong; dense is lora with a few examples lost.
+    """
+    tmp_path = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    n = {"boolq": 300, "rte": 200}
+    _record(tmp_path, "old", "lora", "old_final", "final", {"boolq": rng.random(50) < 0.5})
+    for seed in (100, 101):
+        lora = {d: rng.random(k) < 0.55 for d, k in n.items()}
+        mor1e = {d: c | (rng.random(len(c)) < (0.3 if d == "boolq" else 0.2)) for d, c in lora.items()}
+        dense = {d: c & (rng.random(len(c)) < 0.97) for d, c in lora.items()}
+        band = {"param_band": [5e5, 5e6]}
+        _record(tmp_path, "s", "lora", f"lora_final_{seed}", "final", lora, seed=seed, params=1_000_000, budget=band)
+        _record(tmp_path, "s", "mor1e", f"mor1e_final_{seed}", "final", mor1e, seed=seed, params=800_000,
+                router=ROUTER)
+        _record(tmp_path, "s", "dense", f"dense_final_{seed}", "final", dense, seed=seed, params=100_000_000)
+    _record(tmp_path, "s", "zeroshot", "zeroshot", "reference", {d: rng.random(k) < 0.35 for d, k in n.items()},
+            params=0)
+    # search trials: every status costs device time; one dense trial recorded none
+    sel = {"boolq": rng.random(20) < 0.5}
+    for trial, method, status, device_s in (("lora_0", "lora", "completed", 100.0), ("lora_1", "lora", "pruned", 50.0),
+                                            ("mor1e_0", "mor1e", "completed", 30.0),
+                                            ("mor1e_1", "mor1e", "failed", 10.0),
+                                            ("mor1e_2", "mor1e", "pruned", 40.0), ("dense_0", "dense", "completed", None)):
+        _record(tmp_path, "s", method, trial, "search", sel, status=status, role="selection", device_s=device_s,
+                train_tokens=None if device_s is None else int(device_s * 10))
+    return tmp_path
+
+
+def test_summary_carries_intervals_tests_and_search_cost(study_with_predictions):
+    summary = leaderboard.write_summary(study_with_predictions)
+    again = pd.read_parquet(study_with_predictions / "summary.parquet")
+    assert len(again) == len(summary)
+    s = again[again.study == "s"].set_index(["method", "dataset"])
+    assert (s.ci_low < s.accuracy_mean).all() and (s.accuracy_mean < s.ci_high).all()
+    assert (s.mean_ci_low < s.mean_accuracy).all() and (s.mean_accuracy < s.mean_ci_high).all()
+    assert s.loc[("mor1e", "boolq"), "n_seeds"] == 2 and s.loc[("mor1e", "boolq"), "n_examples"] == 300
+    assert s.loc[("zeroshot", "rte"), "n_seeds"] == 1
+    # lora is the best baseline; mor1e beats it, zero-shot loses to it
+    assert (s.best_baseline == "lora").all()
+    mor1e = s.loc[("mor1e", "boolq")]
+    assert mor1e.delta_vs_best_baseline > 0.1 and mor1e.p_vs_best_baseline < 0.01
+    assert s.loc[("lora", "boolq"), "p_vs_best_baseline"] != s.loc[("lora", "boolq"), "p_vs_best_baseline"]  # NaN
+    assert s.loc[("zeroshot", "rte"), "delta_vs_best_baseline"] < 0
+    # search cost: all of a method's search trials, pruned and failed included
+    assert (mor1e.search_trials, mor1e.search_trials_costed, mor1e.search_cost_s, mor1e.search_train_tokens) \
+        == (3, 3, 80.0, 800)
+    assert s.loc[("lora", "rte"), "search_cost_s"] == 150.0
+    dense = s.loc[("dense", "rte")]
+    assert (dense.search_trials, dense.search_trials_costed) == (1, 0) and pd.isna(dense.search_cost_s)
+    # the study without search still summarises, its interval from its own predictions
+    old = again[again.study == "old"].iloc[0]
+    assert old.ci_low < old.accuracy_mean < old.ci_high and old.search_trials == 0
+
+
+def test_table_shows_intervals_the_best_baseline_and_cost(study_with_predictions, capsys):
+    assert leaderboard.main(["--results-dir", str(study_with_predictions), "--study", "s"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert lines["method"] == "| method | boolq | rte | mean | 95% CI | vs lora | params | search cost |"
+    assert " | best baseline | 1.00M | 2.5 min (2 trials) |" in lines["lora"]
+    mor1e = lines["mor1e"].split(" | ")
+    low, high = (float(x) for x in mor1e[4].strip("[]").split(", "))
+    assert low < float(mor1e[3]) < high
+    assert mor1e[5].startswith("+") and mor1e[5].endswith(" *")  # significant against lora
+    assert mor1e[7] == "1.3 min (3 trials) |"
+    assert lines["dense"].endswith("| 100.00M | ? (1 trial) |")
+    assert lines["zeroshot"].split(" | ")[5].startswith("-") and lines["zeroshot"].endswith("| 0 | - |")
+    assert "95% CI of the mean over datasets" in out
+
+
+def test_compare_prints_a_table_and_a_verdict(study_with_predictions, capsys):
+    assert leaderboard.main(["--results-dir", str(study_with_predictions), "--compare", "mor1e", "lora"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("mor1e vs lora, study s:")  # the latest study by default
+    assert out[2] == "| dataset | n | mor1e | lora | Δ | 95% CI | p | p (Holm) |"
+    assert out[4].startswith("| boolq | 300 |") and out[6].startswith("| mean | 500 |")
+    assert out[-1].startswith("verdict: mor1e beats lora on the mean over 2 datasets")
+
+
+def test_compare_json_is_one_object_of_the_documented_shape(study_with_predictions, capsys):
+    assert leaderboard.main(["--results-dir", str(study_with_predictions), "--compare", "dense", "zeroshot",
+                             "--study", "s", "--json"]) == 0
+    out = capsys.readouterr().out
+    obj = json.loads(out)  # exactly one JSON document: anything else would not parse
+    assert set(obj) == {"a", "b", "study", "n_seeds", "datasets", "mean"}
+    assert (obj["a"], obj["b"], obj["study"], obj["n_seeds"]) == ("dense", "zeroshot", "s", 1)
+    assert [d["dataset"] for d in obj["datasets"]] == ["boolq", "rte"]
+    lb = leaderboard.published(leaderboard.load(study_with_predictions), "s").set_index(["method", "dataset"])
+    for d in obj["datasets"]:
+        assert d["a"] == pytest.approx(lb.loc[("dense", d["dataset"]), "accuracy_mean"])
+        assert d["b"] == pytest.approx(lb.loc[("zeroshot", d["dataset"]), "accuracy_mean"])
+        assert d["ci_low"] < d["delta"] < d["ci_high"] and 0 <= d["p"] <= d["p_holm"] <= 1
+    assert obj["mean"]["delta"] == pytest.approx(np.mean([d["delta"] for d in obj["datasets"]]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compare", "mor1e", "lora", "--study", "nope"], "no study 'nope'"),
+    (["--compare", "molora", "lora"], "'molora' has no final report predictions in study 's'"),
+    (["--compare", "mor1e", "lora", "--study", "old"], "'mor1e' has no final report predictions in study 'old'"),
+    (["--json"], "--json goes with --compare"),
+    (["--compare", "mor1e", "lora", "--sql", "SELECT 1"], "cannot be combined"),
+])
+def test_compare_bad_input_exits_2_with_one_line(study_with_predictions, capsys, args, message):
+    files = {p: p.read_bytes() for p in study_with_predictions.glob("*.parquet")}
+    assert leaderboard.main(["--results-dir", str(study_with_predictions), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in study_with_predictions.glob("*.parquet")} == files
+
+
+def test_compare_without_predictions_or_paired_examples_exits_2(results, tmp_path, capsys):
+    assert leaderboard.main(["--results-dir", str(results), "--compare", "lora", "zeroshot"]) == 2
+    assert "no predictions at" in capsys.readouterr().err
+    other = tmp_path / "other"
+    _record(other, "s", "lora", "l0", "final", {"boolq": np.ones(10, bool)})
+    _record(other, "s", "dense", "d0", "final", {"rte": np.ones(10, bool)})
+    assert leaderboard.main(["--results-dir", str(other), "--compare", "lora", "dense"]) == 2
+    err = capsys.readouterr().err
+    assert "no report examples in common" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plot_draws_intervals_param_band_and_router_telemetry(study_with_predictions, tmp_path):
+    df = leaderboard.load(study_with_predictions)
+    assert leaderboard._param_band(df, "s") == (5e5, 5e6)
+    telemetry = leaderboard._router_telemetry(df, "s")
+    assert list(telemetry.index) == ["mor1e"] and telemetry.loc["mor1e"].to_dict() == ROUTER
+    png = tmp_path / "s.png"
+    assert leaderboard.main(["--results-dir", str(study_with_predictions), "--study", "s", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sql_sees_the_predictions(study_with_predictions, capsys):
+    assert leaderboard.main(["--results-dir", str(study_with_predictions), "--sql",
+                             "SELECT count(*) AS n FROM predictions WHERE study = 's' AND role = 'report' "
+                             "AND method = 'zeroshot'"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "500"
