@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # The leaderboard's lock and atomic write, reused so both files follow one protocol.
-from harness.records import PHASES, _locked, now_utc, write_table_atomic
+from harness.records import PHASES, locked, now_utc, write_table_atomic
 
 PREDICTIONS_FILE = "predictions.parquet"
 # Predictions are kept for the splits that choose (selection) and that publish (report).
@@ -189,7 +189,7 @@ def append_predictions(path: str | Path, rows: Iterable[Mapping[str, Any]], *, d
     if new.num_rows == 0:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with locked(path):
         old = _conform(pq.read_table(path), path) if path.exists() else SCHEMA.empty_table()
         if dedupe and old.num_rows:
             new = new.filter(pa.array(~_keys(new).isin(_keys(old)), pa.bool_()))

@@ -215,7 +215,7 @@ def read_rows(path: str | Path) -> pa.Table:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     """Serialise read-modify-write of one file across processes (two studies, one results dir)."""
     lock_path = path.with_name(f".{path.name}.lock")
     with open(lock_path, "a") as fh:
@@ -262,7 +262,7 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], *, dedupe: 
     if new.num_rows == 0:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with locked(path):
         old = read_rows(path)
         if dedupe and old.num_rows:
             seen = set(zip(*(old[c].to_pylist() for c in ROW_KEY)))
