@@ -73,6 +73,60 @@ GROUP_KEY = ("study", "method", "trial_id", "seed", "dataset", "role")
 # ---------------------------------------------------------------- building rows
 
 
+# The per-example part of a row: what a trial's worker knows and leaves in its checkpoint
+# (``EXAMPLES_FILE``); the study adds the trial's identity when it records the trial.
+EXAMPLE_COLUMNS = ("dataset", "split", "role", "example_id", "gold", "pred", "pred_norm", "option_loglikes",
+                   "option_bytes")
+IDENTITY_COLUMNS = ("study", "trial_id", "phase", "method", "seed", "created_at")
+EXAMPLES_FILE = "predictions.parquet"
+
+
+def example_predictions(
+    examples: Sequence[Any],
+    loglikes: Sequence[Sequence[float]],
+    *,
+    role: str,
+    split: str | Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The per-example columns (``EXAMPLE_COLUMNS``) of each example, from its per-option log-likelihoods.
+
+    ``examples`` are :class:`harness.data.Example` (``id``, ``dataset``,
+    ``options``, ``gold``) and ``loglikes`` what
+    :func:`harness.evaluate.score_examples` returned for them. ``split`` is the
+    split name for every example, or a ``{dataset: split}`` map; by default the
+    dataset's own name for ``role`` (:func:`harness.data.loading.split_name`).
+    """
+    # Imported here: harness.evaluate pulls in torch, which readers of this file don't need.
+    from harness.evaluate import option_bytes, predictions
+
+    if role not in PREDICTION_ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(PREDICTION_ROLES)}")
+    examples, loglikes = list(examples), list(loglikes)
+    if len(examples) != len(loglikes):
+        raise ValueError(f"{len(examples)} examples but {len(loglikes)} log-likelihood lists")
+    preds = predictions(examples, loglikes)  # the tie rule lives in one place
+    rows = []
+    for ex, ll, (pred, pred_norm) in zip(examples, loglikes, preds):
+        if len(ll) != len(ex.options):
+            raise ValueError(f"example {ex.id}: {len(ex.options)} options but {len(ll)} log-likelihoods")
+        rows.append(dict(
+            dataset=ex.dataset, split=_split_for(split, ex.dataset, role), role=role,
+            example_id=str(ex.id), gold=int(ex.gold), pred=pred, pred_norm=pred_norm,
+            option_loglikes=[float(x) for x in ll], option_bytes=[option_bytes(o) for o in ex.options],
+        ))
+    return rows
+
+
+def identified(rows: Iterable[Mapping[str, Any]], *, study: str, trial_id: str, phase: str, method: str, seed: int,
+               created_at: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Per-example rows (``example_predictions``) with the trial's identity: full predictions rows."""
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
+    identity = dict(study=study, trial_id=trial_id, phase=phase, method=method, seed=int(seed),
+                    created_at=created_at or now_utc())
+    return [{**identity, **{c: row[c] for c in EXAMPLE_COLUMNS}} for row in rows]
+
+
 def prediction_rows(
     examples: Sequence[Any],
     loglikes: Sequence[Sequence[float]],
@@ -86,38 +140,25 @@ def prediction_rows(
     split: str | Mapping[str, str] | None = None,
     created_at: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per example from its per-option log-likelihoods.
+    """One full predictions row per example: ``example_predictions`` plus the trial's identity."""
+    rows = example_predictions(examples, loglikes, role=role, split=split)
+    return identified(rows, study=study, trial_id=trial_id, phase=phase, method=method, seed=seed,
+                      created_at=created_at)
 
-    ``examples`` are :class:`harness.data.Example` (``id``, ``dataset``,
-    ``options``, ``gold``) and ``loglikes`` what
-    :func:`harness.evaluate.score_examples` returned for them. ``split`` is the
-    split name for every example, or a ``{dataset: split}`` map; by default the
-    dataset's own name for ``role`` (:func:`harness.data.loading.split_name`).
-    """
-    # Imported here: harness.evaluate pulls in torch, which readers of this file don't need.
-    from harness.evaluate import option_bytes, predictions
 
-    if role not in PREDICTION_ROLES:
-        raise ValueError(f"role {role!r} is not one of {', '.join(PREDICTION_ROLES)}")
-    if phase not in PHASES:
-        raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
-    examples, loglikes = list(examples), list(loglikes)
-    if len(examples) != len(loglikes):
-        raise ValueError(f"{len(examples)} examples but {len(loglikes)} log-likelihood lists")
-    created_at = created_at or now_utc()
-    preds = predictions(examples, loglikes)  # the tie rule lives in one place
-    rows = []
-    for ex, ll, (pred, pred_norm) in zip(examples, loglikes, preds):
-        if len(ll) != len(ex.options):
-            raise ValueError(f"example {ex.id}: {len(ex.options)} options but {len(ll)} log-likelihoods")
-        rows.append(dict(
-            study=study, trial_id=trial_id, phase=phase, method=method, seed=int(seed),
-            dataset=ex.dataset, split=_split_for(split, ex.dataset, role), role=role,
-            example_id=str(ex.id), gold=int(ex.gold), pred=pred, pred_norm=pred_norm,
-            option_loglikes=[float(x) for x in ll], option_bytes=[option_bytes(o) for o in ex.options],
-            created_at=created_at,
-        ))
-    return rows
+def write_examples(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write per-example rows (a trial's evaluation) to ``path``: the file a worker leaves in its checkpoint."""
+    schema = pa.schema([SCHEMA.field(c) for c in EXAMPLE_COLUMNS])
+    table = pa.Table.from_pydict({c: [row[c] for row in rows] for c in EXAMPLE_COLUMNS}, schema=schema)
+    write_table_atomic(table, path)
+
+
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    """The per-example rows ``write_examples`` wrote; a missing file is an empty list."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return pq.read_table(path, columns=list(EXAMPLE_COLUMNS)).to_pylist()
 
 
 def _split_for(split: str | Mapping[str, str] | None, dataset: str, role: str) -> str:

@@ -17,6 +17,7 @@ import fcntl
 import functools
 import importlib.metadata
 import json
+import math
 import os
 import socket
 import subprocess
@@ -272,6 +273,13 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], *, dedupe: 
                 return 0
         write_table_atomic(pa.concat_tables([old, new]), path)
     return new.num_rows
+
+
+def device_seconds(wall_s, num_workers: int, devices_per_worker) -> float | None:
+    """What a trial cost: its wall seconds x workers x devices per worker (GPUs, or CPU threads)."""
+    if wall_s is None or devices_per_worker is None or math.isnan(wall_s) or math.isnan(devices_per_worker):
+        return None
+    return float(wall_s) * num_workers * float(devices_per_worker)
 
 
 def row_template(**fields: Any) -> dict[str, Any]:

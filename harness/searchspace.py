@@ -50,12 +50,13 @@ PROFILE_KEYS = {
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
 }
 DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
-SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "scheduler", "grace_period", "reduction_factor", "metric"}
+SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "trial_seed", "scheduler", "grace_period",
+               "reduction_factor", "metric"}
 FINAL_KEYS = {"seeds"}
 RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
 SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
-                "num_workers", "use_gpu", "zero_stage"}
+                "num_workers", "use_gpu", "zero_stage", "scored_roles"}
 
 
 class ConfigError(ValueError):
@@ -386,6 +387,12 @@ def parse_profile(
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ConfigError(f"{source}: final.seeds must be a non-empty list without repeats")
     raw["final"] = final
+    # Search trials train with a seed no final run uses: a final number never reuses a chosen run.
+    search.setdefault("trial_seed", max(seeds) + 1)
+    _positive_int(search["trial_seed"], f"{source}: search.trial_seed", minimum=0)
+    if search["trial_seed"] in seeds:
+        raise ConfigError(f"{source}: search.trial_seed {search['trial_seed']} is one of final.seeds; final runs "
+                          "need seeds the search never trained with")
 
     resources = raw.setdefault("resources", {}) or {}
     _unknown(resources, RESOURCE_KEYS, f"{source}: resources")

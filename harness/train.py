@@ -12,7 +12,8 @@ The driver side lives here (the worker loop is ``harness.worker``):
 - ``run_trial``: build and fit the ``TorchTrainer``; returns the final metrics.
   Inside a Tune trial, pass ``callbacks=[TuneReportCallback()]`` and every
   worker report reaches Tune (``selection_accuracy`` for ASHA);
-- ``trial_rows``: leaderboard rows (harness.records schema) for a trial;
+- ``trial_rows``: leaderboard rows (harness.records schema) for a trial, and
+  ``trial_predictions``: the per-example predictions behind them;
 - ``main``: the single-trial CLI.
 """
 
@@ -103,8 +104,8 @@ def prepare_data(cfg: TrialConfig, *, embed_cache_dir: str | os.PathLike | None 
         return out
 
     train = load("train", cfg.train_limit) if cfg.trains else []
-    selection = load("selection", cfg.selection_limit)
-    report = load("report", cfg.report_limit)
+    selection = load("selection", cfg.selection_limit) if "selection" in cfg.scored_roles else []
+    report = load("report", cfg.report_limit) if "report" in cfg.scored_roles else []
     if cfg.trains and not train:
         raise ValueError(f"no training examples for {', '.join(cfg.datasets)}")
     scores: list = [None, None, None]
@@ -255,7 +256,7 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
     """Leaderboard rows for one trial: one per (dataset, role) with numbers, or one bare row (failed)."""
     from harness.data import split_name
     from harness.methods import method_config, num_experts
-    from harness.records import row_template
+    from harness.records import device_seconds, row_template
 
     result = result or {}
     config = method_config(cfg.method, cfg.hparams)
@@ -280,7 +281,9 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
         steps=num(result.get("step"), int), tokens_per_s=num(result.get("tokens_per_s"), float),
         precision=result.get("precision"), peak_rss_mb=num(result.get("peak_rss_mb"), float),
         wall_s=num(wall_s if wall_s is not None else result.get("wall_s"), float),
+        train_tokens=num(result.get("tokens"), int),
     )
+    common["device_s"] = device_seconds(common["wall_s"], cfg.num_workers, result.get("devices_per_worker"))
     rows = []
     for role in roles:
         for dataset in cfg.datasets:
@@ -294,6 +297,18 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
         rows.append(row_template(**common, dataset=None, split=None, role=None, accuracy=None, acc_norm=None,
                                  n_examples=None))
     return rows
+
+
+def trial_predictions(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: str,
+                      phase: str = "single") -> list[dict]:
+    """The per-example predictions the trial's last checkpoint holds, as predictions.parquet rows."""
+    from harness.predictions import EXAMPLES_FILE, identified, read_examples
+
+    path = (result or {}).get("checkpoint_path")
+    if not path:
+        return []
+    return identified(read_examples(Path(path) / EXAMPLES_FILE), study=study, trial_id=trial_id, phase=phase,
+                      method=cfg.method, seed=cfg.seed)
 
 
 def format_table(cfg: TrialConfig, result: dict) -> str:
@@ -405,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_logs()
     _export_repo_path()
     from harness.data import DataError, write_synthetic
+    from harness.predictions import PREDICTIONS_FILE, append_predictions
     from harness.ray_env import init_ray
     from harness.records import append_rows
 
@@ -439,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = trial_rows(cfg if args.data_dir else TrialConfig.from_dict({**cfg.to_dict(), "data_dir": None}),
                       result, study=args.study, trial_id=trial_id, status=status, status_reason=reason,
                       wall_s=wall)
+    append_predictions(out / PREDICTIONS_FILE, trial_predictions(cfg, result, study=args.study, trial_id=trial_id))
     append_rows(out / "leaderboard.parquet", rows)
     if status != "completed":
         print(f"trial {trial_id} failed: {reason}", file=sys.stderr)

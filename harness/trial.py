@@ -19,6 +19,7 @@ from harness.methods import METHODS, method_config
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2, 3)
+SCORED_ROLES = ("selection", "report")
 DEFAULT_STEPS = 100
 
 
@@ -88,6 +89,9 @@ class TrialConfig:
     """Report-split examples per dataset scored at the end; None keeps all."""
     eval_every: int = 0
     """Optimizer steps between selection evaluations (each one a report to Tune); 0: only at the end."""
+    scored_roles: tuple[str, ...] = ("selection", "report")
+    """What the trial scores: ``selection`` at every evaluation and at the end, ``report`` at the end.
+    A study's search trials score selection only (they choose); its final runs report only (they publish)."""
     checkpoint_every: int | None = None
     """Steps between checkpoints; None: at every evaluation. Each checkpoint is reported with its metrics."""
     keep_checkpoints: int = 2
@@ -157,6 +161,12 @@ class TrialConfig:
         for name in ("train_limit", "selection_limit", "report_limit"):
             _positive_int(name, getattr(self, name), allow_none=True)
         _positive_int("eval_every", self.eval_every, allow_zero=True)
+        if isinstance(self.scored_roles, str):
+            self.scored_roles = tuple(r for r in self.scored_roles.split(",") if r)
+        self.scored_roles = tuple(self.scored_roles)
+        if not self.scored_roles or not set(self.scored_roles) <= set(SCORED_ROLES) \
+                or len(set(self.scored_roles)) != len(self.scored_roles):
+            raise ValueError(f"scored_roles must name selection and/or report once each, got {self.scored_roles!r}")
         _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
         _positive_int("keep_checkpoints", self.keep_checkpoints)
         _positive_int("eval_batch_size", self.eval_batch_size)
@@ -184,6 +194,7 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["datasets"] = list(self.datasets)
+        d["scored_roles"] = list(self.scored_roles)
         return d
 
     @classmethod

@@ -8,9 +8,11 @@ scores once; every worker gets the same ``TrialData`` from the object store.
 Per worker: build the preset, apply the method, ``deepspeed.initialize`` on
 the process group Ray set up (gloo on CPU, NCCL on GPU), train on its shard of
 the shuffled multi-task mixture with the loss on answer tokens only, evaluate
-on the selection split every ``eval_every`` steps, and ``ray.train.report``
-the metrics with a DeepSpeed checkpoint saved on every rank (so ZeRO-3 shards
-are complete). A restarted worker group resumes from the newest reported
+on the selection split every ``eval_every`` steps and on the report split at
+the end (each if ``scored_roles`` has it), and ``ray.train.report`` the
+metrics with a DeepSpeed checkpoint saved on every rank (so ZeRO-3 shards are
+complete); rank 0 adds the evaluation's per-example predictions
+(``harness.predictions.EXAMPLES_FILE``) to it. A restarted worker group resumes from the newest reported
 checkpoint; the data order is a function of the step, so it resumes exactly.
 """
 
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.predictions import EXAMPLES_FILE, write_examples
 from harness.trial import TrialConfig
 
 # Seconds a fault-probe run waits for the test to kill a worker.
@@ -276,36 +279,33 @@ class _Collectives:
         return [float(x.item()) for x in out]
 
 
-def evaluate_split(model, tokenizer, examples, scores, *, datasets, cfg: TrialConfig, rank: int,
-                   world: int, replicate: bool, comm: _Collectives) -> dict[str, dict]:
-    """Per-dataset accuracy / acc_norm / n_examples over ``examples``, computed by all ranks together.
+def evaluate_split(model, tokenizer, examples, scores, *, role: str, cfg: TrialConfig, rank: int, world: int,
+                   replicate: bool, comm: _Collectives) -> tuple[dict[str, dict], list[dict]]:
+    """Per-dataset accuracy / acc_norm / n_examples over ``examples``, and their per-example predictions.
 
-    Ranks score disjoint shards and sum the counts. Under ZeRO-3 every forward
-    gathers parameters collectively, so all ranks must run the same forwards:
-    ``replicate`` makes each rank score every example instead.
+    Ranks score disjoint shards and share their per-option log-likelihoods, so every rank holds the
+    whole split's numbers. Under ZeRO-3 every forward gathers parameters collectively, so all ranks
+    must run the same forwards: ``replicate`` makes each rank score every example instead.
     """
-    from harness.evaluate import evaluate_examples
+    from harness.evaluate import metrics, score_examples
+    from harness.predictions import example_predictions
 
     idx = list(range(len(examples))) if replicate else list(range(rank, len(examples), world))
     part = [examples[i] for i in idx]
     part_scores = None if scores is None else scores[idx]
-    result = {}
+    loglikes = []
     if part:
-        result = evaluate_examples(model, tokenizer, part, batch_size=cfg.eval_batch_size,
-                                   intuition_scores=part_scores, progress=False)
-    counts = []
-    for name in datasets:
-        m = result.get(name, {"accuracy": 0.0, "acc_norm": 0.0, "n_examples": 0})
-        n = m["n_examples"]
-        counts += [round(m["accuracy"] * n), round(m["acc_norm"] * n), n]
+        loglikes = score_examples(model, tokenizer, part, batch_size=cfg.eval_batch_size,
+                                  intuition_scores=part_scores, progress=False)
     if not replicate:
-        counts = comm.sum(counts)
-    out = {}
-    for i, name in enumerate(datasets):
-        hits, hits_norm, n = counts[3 * i : 3 * i + 3]
-        if n > 0:
-            out[name] = {"accuracy": hits / n, "acc_norm": hits_norm / n, "n_examples": int(n)}
-    return out
+        full: list = [None] * len(examples)
+        for shard_idx, shard in comm.gather_object((idx, loglikes)):
+            for i, ll in zip(shard_idx, shard):
+                full[i] = ll
+        loglikes = full
+    if not examples:
+        return {}, []
+    return metrics(examples, loglikes), example_predictions(examples, loglikes, role=role)
 
 
 def mean_accuracy(per_dataset: dict[str, dict]) -> float:
@@ -378,11 +378,12 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # identical adapter init on every rank
     model = apply_method(model, cfg.method, cfg.hparams)
     trainable_params = mor1e.count_trainable(model)
-    datasets = list(cfg.datasets)
 
+    # What a device-second is here: one GPU per worker, or the worker's CPU threads.
+    devices_per_worker = 1 if use_gpu else torch.get_num_threads()
     if not cfg.trains:
-        _evaluate_only(model.to(device), tokenizer, data, cfg, datasets, rank, world, comm,
-                       trainable_params, entered_at, config)
+        _evaluate_only(model.to(device), tokenizer, data, cfg, rank, world, comm, trainable_params, entered_at,
+                       devices_per_worker)
         return
 
     import deepspeed
@@ -421,16 +422,18 @@ def train_loop_per_worker(config: dict) -> None:
     opts = forward_options(module)
     left_pad = opts["position_ids"] and opts["keep_arg"] is not None
 
-    def evaluate(examples, scores):
-        return evaluate_split(module, tokenizer, examples, scores, datasets=datasets, cfg=cfg, rank=rank,
-                              world=world, replicate=replicate_eval, comm=comm)
+    def evaluate(examples, scores, role):
+        return evaluate_split(module, tokenizer, examples, scores, role=role, cfg=cfg, rank=rank, world=world,
+                              replicate=replicate_eval, comm=comm)
 
-    def save_and_report(metrics: dict, *, final: bool) -> None:
+    def save_and_report(metrics: dict, predictions: list[dict], *, final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="mor1e-ckpt-") as tmp:
             engine.save_checkpoint(tmp, tag=f"step{state['step']}", client_state=dict(state),
                                    exclude_frozen_parameters=not dense)
             if final and cfg.method in ("mor1e", "lora", "molora"):
                 _export_adapter(module, Path(tmp) / "adapter", rank=rank, zero3=cfg.zero_stage == 3)
+            if rank == 0 and predictions:
+                write_examples(Path(tmp) / EXAMPLES_FILE, predictions)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     loss_sum, loss_count = 0.0, 0
@@ -462,37 +465,50 @@ def train_loop_per_worker(config: dict) -> None:
         if last or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
             loss_total, count_total = comm.sum([loss_sum, float(loss_count)])
             loss_sum, loss_count = 0.0, 0
-            selection = evaluate(data.selection, data.selection_scores)
             metrics = {
                 "step": state["step"],
                 "total_steps": total,
                 "epoch": state["step"] * cfg.effective_batch() / max(n_train, 1),
                 "loss": loss_total / max(count_total, 1.0),
                 "learning_rate": float(engine.get_lr()[0]),
-                "selection_accuracy": mean_accuracy(selection),
-                "selection": selection,
                 "precision": precision,
+                "devices_per_worker": devices_per_worker,
+                "tokens": comm.sum([state["tokens"]])[0],
             }
+            predictions = _score(evaluate, data, cfg, metrics, final=last)
             if last:
-                metrics.update(_final_metrics(evaluate, data, state, trainable_params, comm, entered_at))
-            save_and_report(metrics, final=last)
+                metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
+            save_and_report(metrics, predictions, final=last)
             if first_probe_pending:
                 first_probe_pending = False
                 _fault_probe(cfg, rank)
     mor1e.set_intuition(module, None)
 
 
-def _final_metrics(evaluate, data: TrialData, state: dict, trainable_params: int, comm: _Collectives,
-                   entered_at: float) -> dict:
+def _score(evaluate, data: TrialData, cfg: TrialConfig, metrics: dict, *, final: bool) -> list[dict]:
+    """Score what this evaluation scores into ``metrics``; return the per-example predictions.
+
+    Selection at every evaluation, the report split at the end, each only if the trial scores it.
+    """
+    predictions: list[dict] = []
+    if "selection" in cfg.scored_roles:
+        selection, rows = evaluate(data.selection, data.selection_scores, "selection")
+        metrics.update(selection_accuracy=mean_accuracy(selection), selection=selection)
+        predictions += rows
+    if final and "report" in cfg.scored_roles:
+        report, rows = evaluate(data.report, data.report_scores, "report")
+        metrics.update(report=report, report_accuracy=mean_accuracy(report))
+        predictions += rows
+    return predictions
+
+
+def _final_metrics(state: dict, trainable_params: int, comm: _Collectives, entered_at: float) -> dict:
     import ray
 
-    report = evaluate(data.report, data.report_scores)
     tokens = comm.sum([state["tokens"]])[0]
     rss = comm.gather(_peak_rss_mb())
     nodes = comm.gather_object(ray.get_runtime_context().get_node_id())
     return {
-        "report": report,
-        "report_accuracy": mean_accuracy(report),
         "trainable_params": trainable_params,
         "tokens": tokens,
         "train_time_s": state["train_time_s"],
@@ -522,24 +538,26 @@ def _export_adapter(module, directory: Path, *, rank: int, zero3: bool) -> None:
             mor1e.save_adapter(module, directory)
 
 
-def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, datasets, rank, world, comm,
-                   trainable_params, entered_at, config) -> None:
-    """zeroshot: no training, one report with selection and report-split metrics."""
+def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, rank, world, comm, trainable_params,
+                   entered_at, devices_per_worker) -> None:
+    """zeroshot: no training, one report with the scored splits' metrics."""
     import ray.train
 
-    def evaluate(examples, scores):
-        return evaluate_split(model, tokenizer, examples, scores, datasets=datasets, cfg=cfg, rank=rank,
-                              world=world, replicate=False, comm=comm)
+    def evaluate(examples, scores, role):
+        return evaluate_split(model, tokenizer, examples, scores, role=role, cfg=cfg, rank=rank, world=world,
+                              replicate=False, comm=comm)
 
     state = {"tokens": 0.0, "train_time_s": 0.0, "time_to_first_step_s": None, "resumed_from_step": None}
-    selection = evaluate(data.selection, data.selection_scores)
     metrics = {"step": 0, "total_steps": 0, "epoch": 0.0, "loss": float("nan"), "learning_rate": 0.0,
-               "selection_accuracy": mean_accuracy(selection), "selection": selection}
-    metrics.update(_final_metrics(evaluate, data, state, trainable_params, comm, entered_at))
-    metrics["precision"] = "fp32"  # scoring only, always fp32
+               "precision": "fp32",  # scoring only, always fp32
+               "devices_per_worker": devices_per_worker}
+    predictions = _score(evaluate, data, cfg, metrics, final=True)
+    metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
     # Ray Train returns the metrics of the last report that carried a checkpoint; this run has no
-    # weights to save, so its checkpoint is the metrics themselves.
+    # weights to save, so its checkpoint is the metrics (and the predictions) themselves.
     with tempfile.TemporaryDirectory(prefix="mor1e-eval-") as tmp:
         if rank == 0:
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, default=float))
+            if predictions:
+                write_examples(Path(tmp) / EXAMPLES_FILE, predictions)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)

@@ -97,6 +97,9 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     (dict(overrides__mor1e={"rank": {"role": "fixed", "value": 2}}), "unknown key 'rank'"),
     (dict(trials_per_method=0), "trials_per_method"),
     (dict(final__seeds=[0, 0]), "without repeats"),
+    (dict(search__trial_seed=1), "trial_seed 1 is one of final.seeds"),
+    (dict(search__trial_seed=-1), "search.trial_seed"),
+    (dict(training__scored_roles=["report"]), "set by the search"),
     (dict(resources__zero_stage=4), "zero_stage"),
     (dict(resources__trial_timeout_s=0), "trial_timeout_s must be > 0"),
     (dict(resources__trial_timeout_s="soon"), "trial_timeout_s"),
@@ -129,3 +132,10 @@ def test_unknown_training_keys_are_refused_when_fields_are_known():
     data = default_profile_with(training__stepz=3)
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
         parse_profile(data, "x.yaml", training_keys=set(data["training"]) - {"stepz"})
+
+
+def test_search_trials_default_to_a_seed_no_final_run_uses():
+    data = default_profile_with(final__seeds=[3, 7])
+    del data["search"]["trial_seed"]
+    profile = parse_profile(data, "default.yaml")
+    assert profile.search["trial_seed"] == 8 and 8 not in profile.final["seeds"]

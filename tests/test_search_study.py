@@ -34,7 +34,7 @@ def _profile(path: Path, **changes) -> str:
         "methods": ["mor1e", "lora"], "reference": [], "trials_per_method": 3,
         "search": {"algorithm": "tpe", "quasi_random_trials": 1, "scheduler": "asha", "grace_period": 1,
                    "reduction_factor": 2, "seed": 0},
-        "final": {"seeds": [0]},
+        "final": {"seeds": [0, 1]},
         "resources": {"num_workers": 1, "zero_stage": 0, "ray_num_cpus": 8},
         "training": {"steps": 4, "batch_size": 4, "eval_every": 2, "warmup_steps": 1, "train_limit": 32,
                      "selection_limit": 8, "report_limit": 8, "torch_threads": 1},
@@ -117,12 +117,11 @@ def test_leaderboard_rows_and_statuses(study_s1, results):
     for trial_id, rows in search.groupby("trial_id"):
         status = rows.status.iloc[0]
         assert (rows.status == status).all()
+        # Search trials choose: they score the selection split only, never the report split.
+        assert sorted(zip(rows.role, rows.dataset)) == sorted(("selection", d) for d in DATASETS)
         if status == "completed":
-            got = sorted(zip(rows.role, rows.dataset))
-            assert got == sorted([(r, d) for r in ("report", "selection") for d in DATASETS])
             assert rows.status_reason.isna().all()
         else:
-            assert set(rows.role) == {"selection"}
             assert re.fullmatch(r"asha stopped at step \d+", rows.status_reason.iloc[0])
         assert rows.git_sha.notna().all() and rows.package_versions.notna().all()
         if status == "completed":  # where the trial ran: Ray node ids of its driver and its one Train worker
@@ -130,15 +129,43 @@ def test_leaderboard_rows_and_statuses(study_s1, results):
             assert rows.worker_nodes.str.fullmatch(r"[0-9a-f]{56}").all(), rows.worker_nodes.tolist()
         assert (rows.model == "tiny-random-llama").all() and (rows.scoring == "letter").all()
         assert rows.precision.isin(["fp32", "bf16"]).all(), rows.precision.tolist()  # reported by every trial
-    report = search[search.role == "report"]
-    assert set(report.split) == {"validation"}
     assert set(search[search.role == "selection"].split) == {"train[selection]"}
     mor1e = search[search.method == "mor1e"]
     assert (mor1e.num_experts == mor1e.hparams_json.map(lambda j: eval_shape(j))).all()
-    # final phase: one record per method and dataset on the report split
+    # final phase: fresh runs, one per method and final seed, each a record per dataset on the report split
     final = s1[s1.phase == "final"]
-    assert sorted(zip(final.method, final.dataset)) == sorted((m, d) for m in ("mor1e", "lora") for d in DATASETS)
+    assert sorted(zip(final.method, final.seed, final.dataset)) == sorted(
+        (m, s, d) for m in ("mor1e", "lora") for s in (0, 1) for d in DATASETS)
     assert (final.role == "report").all() and (final.status == "completed").all()
+    assert set(final.split) == {"validation"}
+    # No search run is a final row: the search trains with a seed no final run uses, and every
+    # final row is a trial of its own.
+    assert set(search.seed) == {2}
+    assert not set(final.trial_id) & set(search.trial_id)
+    assert final.groupby(["method", "seed"]).trial_id.nunique().eq(1).all()
+    assert final.trial_id.nunique() == 4
+    for (method, _), rows in final.groupby(["method", "seed"]):
+        done = search[(search.method == method) & (search.status == "completed")]
+        score = done.groupby("trial_id").accuracy.mean()
+        best = set(done[done.trial_id.isin(score[score == score.max()].index)].hparams_json)
+        assert rows.hparams_json.nunique() == 1 and rows.hparams_json.iloc[0] in best  # chosen on selection
+    # cost: every trial that ran records its device-seconds and trained tokens
+    ran = s1[s1.phase.isin(["search", "final"])]
+    assert (ran.device_s > 0).all() and (ran.train_tokens > 0).all(), ran[["trial_id", "device_s", "train_tokens"]]
+
+
+def test_predictions_reproduce_every_selection_and_report_row(study_s1, results):
+    from harness.predictions import mismatches, read_predictions
+
+    lb = read_rows(results / "leaderboard.parquet").to_pandas()
+    rows = lb[(lb.study == "s1") & lb.dataset.notna()]
+    preds = read_predictions(results / "predictions.parquet", study="s1")
+    assert not preds.duplicated(["trial_id", "role", "dataset", "example_id"]).any()
+    covered = preds.groupby(["trial_id", "role", "dataset"]).size()
+    for r in rows.itertuples():
+        assert covered.get((r.trial_id, r.role, r.dataset)) == r.n_examples, (r.trial_id, r.role, r.dataset)
+    assert len(covered) == len(rows)  # and no predictions without a row
+    assert mismatches(rows, preds).empty
     # Optuna kept the studies in SQLite under the results dir
     storage = f"sqlite:///{results / 'optuna' / 's1.sqlite'}"
     for method in ("mor1e", "lora"):
@@ -162,8 +189,10 @@ def test_summary_and_cli_print_the_study(study_s1, results):
     out = subprocess.run([sys.executable, str(REPO / "harness" / "leaderboard.py"), "--results-dir", str(results)],
                          capture_output=True, text=True, timeout=120, env=_env())
     assert out.returncode == 0, out.stderr
-    assert "| method | boolq | copa | mean | params |" in out.stdout
-    assert re.search(r"^\| mor1e \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+K \|$", out.stdout, re.M)
+    assert "| method | boolq | copa | mean | 95% CI | vs lora | params | search cost |" in out.stdout
+    cell = r"[\d.]+±[\d.]+"  # mean±std over the two final seeds
+    assert re.search(rf"^\| mor1e \| {cell} \| {cell} \| [\d.]+ \| \[[\d.]+, [\d.]+\] \| [^|]+ \| [\d.]+K \| [^|]+ \|$",
+                     out.stdout, re.M), out.stdout
     assert re.search(r"^\| lora \| ", out.stdout, re.M)
     assert "study s1: 6 search trials" in out.stdout
 

@@ -240,14 +240,21 @@ def test_evaluate_split_on_one_worker_matches_evaluate_examples(tokenizer):
         for d in ("boolq", "copa") for i in range(5)
     ]
     cfg = TrialConfig(method="zeroshot", model="tiny-random-llama", datasets=("boolq", "copa", "rte"))
-    got = evaluate_split(model, tok, examples, None, datasets=cfg.datasets, cfg=cfg, rank=0, world=1,
-                         replicate=False, comm=_Collectives(1, "cpu"))
+    got, predictions = evaluate_split(model, tok, examples, None, role="report", cfg=cfg, rank=0, world=1,
+                                      replicate=False, comm=_Collectives(1, "cpu"))
     want = evaluate_examples(model, tok, examples, progress=False)
     assert set(got) == {"boolq", "copa"}  # rte has no examples: no entry
     for d in want:
         assert got[d]["n_examples"] == want[d]["n_examples"] == 5
         assert got[d]["accuracy"] == pytest.approx(want[d]["accuracy"])
         assert got[d]["acc_norm"] == pytest.approx(want[d]["acc_norm"])
+    # One prediction per example, in order, whose hits are the accuracy exactly.
+    assert [p["example_id"] for p in predictions] == [e.id for e in examples]
+    assert {p["role"] for p in predictions} == {"report"}
+    for d in want:
+        rows = [p for p in predictions if p["dataset"] == d]
+        assert sum(p["pred"] == p["gold"] for p in rows) / len(rows) == got[d]["accuracy"]
+        assert sum(p["pred_norm"] == p["gold"] for p in rows) / len(rows) == got[d]["acc_norm"]
 
 
 # ---------------------------------------------------------------- rows
@@ -307,3 +314,13 @@ def test_cli_bad_input_one_line_exit_2_before_ray(argv, message, capsys, tmp_pat
     assert len(err.splitlines()) == 1 and message in err, err
     assert not ray.is_initialized()
     assert not (tmp_path / "out").exists()
+
+
+def test_scored_roles_are_checked_and_round_trip():
+    cfg = TrialConfig(method="lora", model="tiny-random-llama", datasets=("boolq",), scored_roles=["report"])
+    assert cfg.scored_roles == ("report",)
+    assert TrialConfig.from_dict(cfg.to_dict()).scored_roles == ("report",)
+    assert TrialConfig(method="lora", scored_roles="selection,report").scored_roles == ("selection", "report")
+    for bad in ((), ("train",), ("report", "report"), ("selection", "test")):
+        with pytest.raises(ValueError, match="scored_roles"):
+            TrialConfig(method="lora", scored_roles=bad)

@@ -1,21 +1,23 @@
 """What a trial's outcome becomes: leaderboard rows, its status and reason, and what was recorded.
 
 Owns the mapping from a finished Tune trial (its config, last metrics, error) to
-``completed`` / ``pruned`` / ``failed`` rows, the one-line reason of a failure, the outcomes
-a resumed study replays instead of training again, the reconciliation of a Tuner's results
-with the leaderboard, and the final row taken from a search trial that ran the same config.
+``completed`` / ``pruned`` / ``failed`` rows and the per-example predictions behind them, the
+one-line reason of a failure, what a trial cost, the outcomes a resumed study replays instead
+of training again, and the reconciliation of a Tuner's results with the leaderboard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
-from harness.records import append_rows, read_rows, row_template
+from harness.predictions import EXAMPLES_FILE, append_predictions, identified, read_examples
+from harness.records import append_rows, device_seconds, read_rows, row_template
 from harness.searchspace import DATASETS, Space, num_experts
 from harness.study.plan import METRIC, Plan, one_line, trial_point
 
@@ -80,6 +82,8 @@ def trial_records(
         wall_s=_float(wall_s),
         driver_node=metrics.get("driver_node"),
         worker_nodes=",".join(metrics.get("worker_nodes") or []) or None,
+        device_s=device_seconds(wall_s, p.resources["num_workers"], metrics.get("devices_per_worker")),
+        train_tokens=_int(metrics.get("tokens")),
     )
     rows = []
     for role in roles:
@@ -93,6 +97,38 @@ def trial_records(
         rows.append(row_template(**common, dataset=None, split=None, role=None, accuracy=None,
                                  acc_norm=None, n_examples=None))
     return rows
+
+
+def trial_predictions(plan: Plan, *, method: str, trial_id: str, phase: str, seed: int, metrics: dict,
+                      roles: tuple[str, ...]) -> list[dict]:
+    """The per-example predictions behind a trial's ``roles`` rows, with the trial's identity.
+
+    The worker leaves them in the checkpoint of each report (``EXAMPLES_FILE``); the last report's
+    checkpoint holds the evaluation the rows summarise. A replayed (resumed) trial has none here:
+    its predictions were recorded with it.
+    """
+    path = metrics.get("checkpoint_path")
+    if not path:
+        return []
+    rows = [r for r in read_examples(Path(path) / EXAMPLES_FILE) if r["role"] in roles]
+    return identified(rows, study=plan.study, trial_id=trial_id, phase=phase, method=method, seed=seed)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A finished trial as it is recorded: status, reason, leaderboard rows and predictions."""
+
+    status: str
+    reason: str | None
+    rows: list[dict]
+    predictions: list[dict]
+
+    def save(self, plan: Plan) -> None:
+        """Predictions first, then rows: a study killed between the two replays the trial on resume
+        (it is not in the leaderboard yet), and the predictions' append skips what is already there."""
+        if self.predictions:
+            append_predictions(plan.predictions_path, self.predictions, dedupe=True)
+        append_rows(plan.leaderboard_path, self.rows, dedupe=True)
 
 
 def trial_error(trial) -> str:
@@ -122,8 +158,9 @@ def error_line(traceback_text: str) -> str:
     return line[:300]
 
 
-def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search", retried=()):
-    """(status, reason, rows) for a finished Tune trial: completed, pruned (ASHA) or failed.
+def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search",
+                 retried=()) -> Outcome:
+    """The Outcome of a finished Tune trial: completed, pruned (ASHA) or failed.
 
     ``retried``: the errors Tune restarted the trial after; a trial that then
     finished keeps its status, and its reason says what it survived.
@@ -134,8 +171,6 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error, *, 
         roles = ("selection",)
     elif result.get("done_final"):
         status, reason = "completed", None
-        # Search trials publish nothing: their report numbers stay out of the table
-        # unless the final phase reuses them (same config and seed).
         roles = ("selection", "report")
     else:
         step = result.get("step", result.get("training_iteration", 0))
@@ -151,7 +186,9 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error, *, 
     rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status,
                          status_reason=reason, learning_rate=learning_rate, hparams=hparams, seed=seed,
                          metrics=result, roles=roles, wall_s=result.get("time_total_s"))
-    return status, reason, rows
+    predictions = trial_predictions(plan, method=method, trial_id=trial_id, phase=phase, seed=seed,
+                                    metrics=result, roles=roles)
+    return Outcome(status, reason, rows, predictions)
 
 
 def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[str, tuple[str, str | None, dict]]:
@@ -185,17 +222,13 @@ def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[st
 def reconcile(plan: Plan, method: str, space: Space | None, seed: int, grid, phase: str) -> None:
     """Record finished trials the callback missed (a kill between Tune's snapshot and the append)."""
     done = {t for m, t in _recorded(plan) if m == method}
-    rows = []
     for result in grid:
         trial_id = Path(result.path).name
         if trial_id in done:
             continue
         error = one_line(result.error) if result.error is not None else None
-        _, _, r = record_trial(plan, method, space, seed, trial_id, result.config or {}, result.metrics or {},
-                               error, phase=phase)
-        rows += r
-    if rows:
-        append_rows(plan.leaderboard_path, rows, dedupe=True)
+        record_trial(plan, method, space, seed, trial_id, result.config or {}, result.metrics or {}, error,
+                     phase=phase).save(plan)
 
 
 def _recorded(plan: Plan) -> set[tuple[str, str]]:
@@ -205,35 +238,3 @@ def _recorded(plan: Plan) -> set[tuple[str, str]]:
     t = read_rows(plan.leaderboard_path).to_pandas()
     t = t[t.study == plan.study]
     return set(zip(t.method, t.trial_id))
-
-
-def reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int) -> bool:
-    """A completed search trial already trained the winning config with this seed and scored the report
-    split; training it again would repeat those numbers. Record them as the final run (with a note)."""
-    final_id = f"{trial_id}-final-s{seed}"
-    src = df[(df.study == plan.study) & (df.method == method) & (df.trial_id == trial_id)
-             & (df.role == "report") & (df.status == "completed") & (df.seed == seed)]
-    if src.empty:
-        return False
-    rows = []
-    for rec in src.to_dict("records"):
-        rec = {k: (None if is_missing(v) else v) for k, v in rec.items()}
-        rec.update(trial_id=final_id, phase="final",
-                   status_reason=f"reuses search trial {trial_id} (same config and seed)")
-        rec["created_at"] = row_template()["created_at"]
-        rows.append(rec)
-    append_rows(plan.leaderboard_path, rows, dedupe=True)
-    return True
-
-
-def is_missing(v) -> bool:
-    """True for None, NaN, NaT and pd.NA scalars (as pandas hands back missing values)."""
-    import pandas as pd
-
-    if isinstance(v, (list, tuple, dict)):
-        return False
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
-

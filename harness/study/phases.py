@@ -2,8 +2,8 @@
 
 1. reference: zero-shot evaluation of the base model (no search);
 2. search: per method, ``trials_per_method`` trials sampled by Optuna, stopped early by ASHA;
-3. final: each method's best config (chosen on the selection split) re-run per seed and
-   scored on the report split.
+3. final: each method's best config (chosen on the selection split) trained afresh for every
+   seed in ``final.seeds`` (which the search never trains with) and scored on the report split.
 Then ``summary.parquet`` is recomputed from the records and the table printed.
 """
 
@@ -13,7 +13,6 @@ import json
 import time
 
 from harness import leaderboard
-from harness.study.outcomes import reuse_search_trial
 from harness.study.plan import Plan, write_twins
 from harness.study.progress import Progress, clock, start
 from harness.study.sampler import make_searcher
@@ -35,7 +34,7 @@ def run_method_search(plan: Plan, method: str, progress: Progress, *, algorithm:
              if scheduler == "asha" else FIFOScheduler())
     space = p.spaces[method]
     run_tuner(plan, method, experiment=f"search-{method}", phase="search", param_space={},
-              num_samples=p.trials_per_method, space=space, progress=progress,
+              num_samples=p.trials_per_method, space=space, seed=s["trial_seed"], progress=progress,
               search_alg=make_searcher(plan, method, algorithm), scheduler=sched)
 
 
@@ -47,7 +46,7 @@ def run_fixed(plan: Plan, method: str, *, phase: str, learning_rate, hparams: di
     space = plan.profile.spaces.get(method)
     param_space = {"learning_rate": learning_rate, "hparams": hparams, "seed": tune.grid_search(list(seeds))}
     run_tuner(plan, method, experiment=f"{phase}-{method}", phase=phase, param_space=param_space,
-              num_samples=1, space=space, progress=progress)
+              num_samples=1, space=space, seed=seeds[0], progress=progress)
 
 
 def run_study(plan: Plan) -> int:
@@ -76,7 +75,8 @@ def run_study(plan: Plan) -> int:
                       f"{p.search['scheduler']})")
         run_method_search(plan, method, progress)
 
-    # 3. final: each method's best config (chosen on selection) per seed, scored on the report split
+    # 3. final: each method's best config (chosen on selection), trained afresh per final seed and
+    # scored on the report split; no search run is reused (search trials never train with a final seed).
     df = leaderboard.load(plan.results_dir)
     best = leaderboard.best_trials(df, plan.study).set_index("method")
     for method in p.methods:
@@ -86,22 +86,15 @@ def run_study(plan: Plan) -> int:
         b = best.loc[method]
         chosen = json.loads(b.hparams_json)
         learning_rate = chosen.pop("learning_rate")
-        progress.line(f"final: {method} best trial {b.trial_id} (selection {100 * b.selection_accuracy:.1f}%)")
-        seeds = []
-        for seed in p.final["seeds"]:
-            if reuse_search_trial(plan, df, method, b.trial_id, seed):
-                progress.line(f"final: {method} seed {seed}: search trial {b.trial_id} ran this config with this "
-                              "seed to the end; its report-split numbers are the final record")
-                progress.finished(f"{b.trial_id}-final-s{seed}", "completed", method, None)
-            else:
-                seeds.append(seed)
-        if seeds:
-            run_fixed(plan, method, phase="final", learning_rate=learning_rate, hparams=chosen, seeds=seeds,
-                      progress=progress)
+        progress.line(f"final: {method} best trial {b.trial_id} (selection {100 * b.selection_accuracy:.1f}%), "
+                      f"fresh runs with seeds {p.final['seeds']}")
+        run_fixed(plan, method, phase="final", learning_rate=learning_rate, hparams=chosen, seeds=p.final["seeds"],
+                  progress=progress)
 
     leaderboard.write_summary(plan.results_dir)
     progress.line(f"study {plan.study} finished in {clock(time.time() - progress.start)}")
     print()
-    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study))
+    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study,
+                                   leaderboard.load_predictions(plan.results_dir, plan.study)))
     return 0
 

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import leaderboard
+from harness.predictions import PREDICTIONS_FILE
 from harness.records import read_rows
 from harness.searchspace import ConfigError, Profile, Space, expand_params, load_profile
 
 METRIC = "selection_accuracy"
+# What each phase scores (TrialConfig.scored_roles).
+PHASE_ROLES = {"search": ("selection",), "final": ("report",), "reference": ("selection", "report")}
 
 
 @dataclasses.dataclass
@@ -46,8 +49,17 @@ class Plan:
     def optuna_path(self) -> Path:
         return (self.results_dir / "optuna" / f"{self.study}.sqlite").resolve()
 
-    def base_trial(self, method: str) -> dict[str, Any]:
-        """TrialConfig kwargs every trial of the study shares (the per-trial budget)."""
+    @property
+    def predictions_path(self) -> Path:
+        return self.results_dir / PREDICTIONS_FILE
+
+    def base_trial(self, method: str, phase: str) -> dict[str, Any]:
+        """TrialConfig kwargs every trial of ``method`` in ``phase`` shares (the per-trial budget).
+
+        The budget is the same in every phase; what is scored differs. Search trials score the
+        selection split only (they choose); final runs train without intermediate evaluations and
+        score the report split only (they publish); the reference scores both.
+        """
         p = self.profile
         kwargs = dict(p.training)
         kwargs.update(
@@ -58,7 +70,10 @@ class Plan:
             num_workers=p.resources["num_workers"],
             use_gpu=p.resources["use_gpu"],
             zero_stage=p.resources["zero_stage"],
+            scored_roles=PHASE_ROLES[phase],
         )
+        if phase == "final":
+            kwargs.update(eval_every=0, checkpoint_every=None)
         return kwargs
 
 
@@ -198,12 +213,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
         for corner in (space_corner(space, "low"), space_corner(space, "high")):
             lr, hp = expand_params(method, corner, space)
             try:
-                make_trial_config(plan.base_trial(method), learning_rate=lr, hparams=hp, seed=0)
+                make_trial_config(plan.base_trial(method, "search"), learning_rate=lr, hparams=hp, seed=0)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{profile.source}: {method}: {one_line(exc)}") from None
     for method in profile.reference:
         try:
-            make_trial_config(plan.base_trial(method), learning_rate=None, hparams={}, seed=0)
+            make_trial_config(plan.base_trial(method, "reference"), learning_rate=None, hparams={}, seed=0)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{profile.source}: {method}: {one_line(exc)}") from None
     return plan

@@ -17,7 +17,6 @@ import time
 from ray.tune import Callback
 
 from harness.background import Background
-from harness.records import append_rows
 from harness.searchspace import Space
 from harness.study.outcomes import per_dataset, reconcile, record_trial, recorded_outcomes, trial_error
 from harness.study.plan import METRIC, Plan, make_trial_config, trial_point
@@ -146,10 +145,10 @@ class RecordAndReport(Callback):
     def _record(self, trial, error: str | None):
         progress = current()
         result = self.last.get(trial.trial_id) or trial.last_result or {}
-        status, reason, rows = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id,
-                                            trial.config, result, error, phase=self.phase,
-                                            retried=self.retries.get(trial.trial_id, []))
-        append_rows(self.plan.leaderboard_path, rows, dedupe=True)
+        outcome = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id, trial.config,
+                               result, error, phase=self.phase, retried=self.retries.get(trial.trial_id, []))
+        outcome.save(self.plan)
+        status, reason = outcome.status, outcome.reason
         score = result.get(METRIC) if status == "completed" and self.phase == "search" else None
         progress.finished(trial.trial_id, status, self.method, score)
         report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
@@ -172,14 +171,16 @@ def num_evals(plan: Plan) -> int:
 
 
 def run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_space: dict, num_samples: int,
-              space: Space | None, progress: Progress, search_alg=None, scheduler=None) -> None:
-    """Run (or, with --resume, restore and finish) one Tuner over trial_driver; record every trial."""
+              space: Space | None, seed: int, progress: Progress, search_alg=None, scheduler=None) -> None:
+    """Run (or, with --resume, restore and finish) one Tuner over trial_driver; record every trial.
+
+    ``seed``: the training seed of trials whose config names none (search trials).
+    """
     from ray import tune
 
-    seed = plan.profile.final["seeds"][0]
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial_driver, base=plan.base_trial(method), method=method,
+            trial_driver, base=plan.base_trial(method, phase), method=method,
             space_params=space.params if space else None, seed=seed,
             storage_path=str(plan.ray_dir / "train"),
             recorded=recorded_outcomes(plan, method, phase) if plan.resume else None,
