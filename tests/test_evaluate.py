@@ -325,12 +325,26 @@ def test_intuition_scores_reach_the_mor1e_layers_per_row():
         np.testing.assert_allclose(b, o, atol=1e-4, rtol=0)
     # Same prompt, different intuition: different numbers, so those rows were not shared.
     assert np.abs(np.subtract(batched[0], batched[2])).max() > 1e-3
-    # Scores are cleared afterwards: the routers hold none, and a call without scores
-    # equals token routing alone.
+    # Scores and masks are cleared afterwards, and a MoR1E model with intuition is never scored
+    # without scores: no silent token-only routing.
     routers = [m for m in model.modules() if isinstance(m, mor1e.MoR1ERouter)]
-    assert routers and all(r.intuition_scores is None for r in routers)
+    assert routers and all(r.intuition_scores is None and r.token_mask is None for r in routers)
+    with pytest.raises(mor1e.MissingIntuitionError, match="intuition_scores"):
+        score_examples(model, tok, examples, progress=False)
+
+
+def test_the_token_only_ablation_is_scored_without_scores():
+    import mor1e
+
+    model, tok = load_model("tiny-random-llama", seed=1)
+    mor1e.wrap(model, mor1e.MoR1EConfig(r1=2, r2=2, use_intuition=False, router_init="random"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mor1e_B"):
+                p.normal_(0, 0.5)
+    examples = LETTER_EXAMPLES[:2] + [LETTER_EXAMPLES[0]]
     plain = score_examples(model, tok, examples, progress=False)
-    assert np.abs(np.subtract(plain[0], batched[0])).max() > 1e-3
     np.testing.assert_allclose(plain[0], plain[2], atol=1e-5, rtol=0)
 
 
