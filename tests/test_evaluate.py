@@ -363,6 +363,8 @@ def test_intuition_scores_on_an_unwrapped_model_change_nothing(tiny):
     (["--examples", "0"], "--examples must be >= 1"),
     (["--datasets", "boolq", "nope"], "unknown dataset 'nope'"),
     (["--model", "smollm"], "unknown model"),
+    (["--telemetry-methods", "mor1e,lora"], "unknown --telemetry-methods 'lora'"),
+    (["--train-examples", "0"], "--train-examples must be >= 1"),
 ])
 def test_scoring_benchmark_rejects_bad_arguments_in_one_line(argv, message, capsys):
     from harness.bench import scoring
@@ -378,8 +380,18 @@ def test_scoring_benchmark_prints_its_table_on_the_tiny_model(capsys):
     assert scoring.main(["--model", "tiny-random-llama", "--examples", "6", "--datasets", "boolq", "mmlu",
                          "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    lines = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    cut = next(i for i, line in enumerate(lines) if line.startswith("| method | config |"))
+    table, telemetry = lines[:cut], lines[cut:]
     assert table[0].startswith("| method | format | examples | seconds | examples/s | speed-up |")
     assert len(table) == 1 + 4  # generation, batch-1 scoring, batched letter, batched cloze
     assert all("| 6 |" in row for row in table[1:])
     assert "Agreement of generation and batched letter scoring" in out
+    # MoR1E (scored with real intuition scores) and MoLoRA, with and without router telemetry
+    assert "Router telemetry cost: batched letter scoring of 6 examples" in out
+    assert [row.split("|")[1].strip() for row in telemetry[1:]] == ["mor1e", "molora"]
+    gate = {row.split("|")[1].strip(): row.split("|")[7].strip() for row in telemetry[1:]}
+    assert gate["molora"] == "-" and 0.0 < float(gate["mor1e"]) < 1.0
+    for row in telemetry[1:]:
+        stats = [float(v) for v in row.split("|")[8:12]]
+        assert all(0.0 <= v <= 1.0 for v in stats), row
