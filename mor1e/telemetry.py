@@ -102,40 +102,70 @@ def _unit(value: torch.Tensor) -> float:
     return min(max(float(value), 0.0), 1.0)
 
 
-class _RouterCounts:
-    """One router's running sums, allocated on its device at the first computation."""
+class _MaskWeights:
+    """The current batch's token mask as float weights and its real-token count, computed once per
+    batch and device and shared by every router (they all hold the same mask tensor)."""
 
-    def __init__(self, experts: int):
+    def __init__(self):
+        self._last: tuple | None = None  # (mask, dtype, weights (N,), count ())
+
+    def get(self, mask: torch.Tensor, token_shape: torch.Size, like: torch.Tensor):
+        last = self._last
+        if last is not None and last[0] is mask and last[1] == like.dtype and last[2].device == like.device:
+            return last[2], last[3]
+        weights = token_weights(mask, token_shape, like)
+        self._last = (mask, like.dtype, weights, weights.sum())
+        return self._last[2], self._last[3]
+
+
+class _RouterCounts:
+    """One router's running sums, allocated on its device at the first computation.
+
+    Per computation a handful of device ops and no host sync: the load and the per-expert entropy
+    contributions -p·log p are each one (masked) reduction over tokens; counts the host knows
+    anyway (computations, unmasked token counts) stay Python numbers.
+    """
+
+    def __init__(self, experts: int, masks: _MaskWeights):
         self.experts = experts
-        self.sums: tuple[torch.Tensor, ...] | None = None  # load (E,), entropy, tokens, gate, gate_calls
+        self.masks = masks
+        self.load: torch.Tensor | None = None  # (E,) Σ_t p_t
+        self.entropy: torch.Tensor | None = None  # (E,) Σ_t -p_t·log p_t, per expert
+        self.tokens: torch.Tensor | float = 0.0  # real tokens (a device scalar once a mask is used)
+        self.gate: torch.Tensor | None = None  # Σ ω over computations
+        self.gate_calls = 0
 
     def add(self, probs: torch.Tensor, mask: torch.Tensor | None, omega: torch.Tensor | None) -> None:
         flat = probs.detach().reshape(-1, self.experts).float()  # (N, E)
-        if self.sums is None:
+        if self.load is None:
             # Normal tensors even under inference_mode, so later forwards in any mode can add to them.
             with torch.inference_mode(False):
-                zeros = [torch.zeros((), device=flat.device) for _ in range(4)]
-                self.sums = (torch.zeros(self.experts, device=flat.device), *zeros)
-        load, entropy, tokens, gate, gate_calls = self.sums
-        weights = token_weights(mask, probs.shape[:-1], flat)  # (N,) or None
-        per_token = -torch.special.xlogy(flat, flat).sum(-1)  # H(p_t), 0·log 0 = 0 (top-k zeros)
-        if weights is None:
-            load += flat.sum(0)
-            entropy += per_token.sum()
-            tokens += flat.shape[0]
+                self.load = torch.zeros(self.experts, device=flat.device)
+                self.entropy = torch.zeros(self.experts, device=flat.device)
+                self.gate = torch.zeros((), device=flat.device)
+        per_expert_entropy = torch.special.entr(flat)  # -p log p, 0 at p = 0 (top-k zeros)
+        if mask is None:
+            self.load += flat.sum(0)
+            self.entropy += per_expert_entropy.sum(0)
+            self.tokens = self.tokens + flat.shape[0]
         else:
-            load += weights @ flat
-            entropy += weights @ per_token
-            tokens += weights.sum()
+            weights, count = self.masks.get(mask, probs.shape[:-1], flat)
+            self.load.addmv_(flat.T, weights)
+            self.entropy.addmv_(per_expert_entropy.T, weights)
+            self.tokens = self.tokens + count
         if omega is not None:
-            gate += omega.detach().float().reshape(())
-            gate_calls += 1
+            self.gate += omega.detach().float().reshape(())
+            self.gate_calls += 1
 
     def rows(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        if self.sums is None:
-            zero = torch.zeros((), dtype=torch.float64, device=device)
+        def scalar(value) -> torch.Tensor:
+            return torch.as_tensor(value, dtype=torch.float64).to(device).reshape(())
+
+        if self.load is None:
+            zero = scalar(0.0)
             return (torch.zeros(self.experts, dtype=torch.float64, device=device), zero, zero, zero, zero)
-        return tuple(t.to(device=device, dtype=torch.float64) for t in self.sums)
+        return (self.load.to(device=device, dtype=torch.float64), scalar(self.entropy.sum()),
+                scalar(self.tokens), scalar(self.gate), scalar(self.gate_calls))
 
 
 class RouterTelemetry:
@@ -146,7 +176,8 @@ class RouterTelemetry:
         experts = {m.experts for m in self.routers}
         if len(experts) > 1:
             raise ValueError(f"router telemetry needs one expert count per model, found {sorted(experts)}")
-        self._counts = [_RouterCounts(m.experts) for m in self.routers]
+        masks = _MaskWeights()
+        self._counts = [_RouterCounts(m.experts, masks) for m in self.routers]
         self._handles: list = []
 
     def start(self) -> "RouterTelemetry":

@@ -130,7 +130,7 @@ def test_counts_are_sumable_across_parts():
     expected, got = whole.summary(), merged.summary()
     assert expected["router_gate_mean"] is None and got["router_gate_mean"] is None
     for key in mor1e.TELEMETRY_KEYS[1:]:
-        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key  # float32 sums, other order
 
 
 def test_shared_routers_are_counted_once_per_computation():
