@@ -21,8 +21,9 @@ from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoLoRARouter, MoR1ELinear
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
-# Projections that read the same input inside one parent module; with share_routers they
-# share one MoR1ERouter (the authors' layer has one router per projection).  (GPT-2 fuses q/k/v into c_attn, so it has nothing to share.)
+# Projections that read the same input inside one parent module; with share_routers they share
+# one MoR1ERouter (the authors' layer has one router per projection).  GPT-2 fuses q/k/v into
+# c_attn, so it has nothing to share.
 SHARE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # peft names its LoRA parameters lora_A / lora_B; ours carry ADAPTER_MARKER.
 _PEFT_MARKER = "lora_"
@@ -231,8 +232,8 @@ def set_token_mask(model: nn.Module, attention_mask) -> None:
         if isinstance(attention_mask, np.ndarray):
             attention_mask = torch.from_numpy(attention_mask)
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
-            raise ValueError(f"token mask must be a (batch, tokens) tensor, got {shape}")
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(f"token mask must be a (batch, tokens) tensor, got {got}")
         mask = attention_mask.detach() != 0
     on_device: dict[torch.device, torch.Tensor] = {}
     for router in routers:

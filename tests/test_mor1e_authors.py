@@ -65,8 +65,8 @@ def _sigmoid(v):
 def reference_update(x, s, A, B, W_r, M, w_omega, w_o, r1, r2):
     """The authors' layer for one token x given its example's scores s, from the equations alone.
 
-    G = 32·ω·softmax(W_r x) + 4·(1−ω)·M(s), ω = sigmoid(100·w_ω), out = sigmoid(100·w_o) Σ_ij G_ij B[:, j] (A[i]·x);
-    M None is the identity (k == E).  Expert e = i·r2 + j.  Returns (G as r1 lists of r2, out).
+    G = 32·ω·softmax(W_r x) + 4·(1−ω)·M(s), ω = sigmoid(100·w_ω),
+    out = sigmoid(100·w_o) Σ_ij G_ij B[:, j] (A[i]·x); M None is the identity (k == E).  Expert e = i·r2 + j.  Returns (G as r1 lists of r2, out).
     """
     E = r1 * r2
     logits = [sum(W_r[e][c] * x[c] for c in range(len(x))) for e in range(E)]
