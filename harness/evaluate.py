@@ -126,16 +126,17 @@ def forward_options(model) -> dict[str, str | bool]:
 
 
 def _set_intuition(model, scores):
-    """Route intuition scores to MoR1E layers; harmless when mor1e or its layers are absent."""
-    try:
-        from mor1e import set_intuition
-    except ImportError:
-        set_intuition = None
-    if set_intuition is None:
-        if scores is not None:
-            raise RuntimeError("intuition_scores were given but mor1e.set_intuition is not available")
-        return
+    """Route intuition scores to MoR1E layers; models without intuition layers ignore them."""
+    from mor1e import set_intuition
+
     set_intuition(model, scores)
+
+
+def _set_token_mask(model, attention_mask):
+    """Tell MoR1E and MoLoRA routers which positions are real tokens (load balancing, telemetry)."""
+    from mor1e import set_token_mask
+
+    set_token_mask(model, attention_mask)
 
 
 def _batch_logprobs(model, rows: list[_Row], pad_id: int, opts: dict, device) -> torch.Tensor:
@@ -161,6 +162,7 @@ def _batch_logprobs(model, rows: list[_Row], pad_id: int, opts: dict, device) ->
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
         if opts["keep_arg"]:
             kwargs[opts["keep_arg"]] = keep
+    _set_token_mask(model, kwargs["attention_mask"])  # every layer sees (B, T): padding is masked there
     logits = model(**kwargs).logits
     if left:
         logits = logits[:, -keep:]
@@ -189,8 +191,12 @@ def option_logprobs(
 
     ``intuition_scores`` (n_pairs, k) are the MoR1E intuition scores of each
     pair's example; each batch's rows are passed with ``mor1e.set_intuition``
-    and cleared afterwards. Inputs longer than ``max_length`` (default: the
-    model's position limit) are cut from the left, keeping the continuation.
+    and cleared afterwards. A model wrapped with intuition refuses to be scored
+    without them (``mor1e.MissingIntuitionError``). Each batch's padding mask
+    goes to the routers (``mor1e.set_token_mask``), so router telemetry
+    collected around this call counts real tokens only. Inputs longer than
+    ``max_length`` (default: the model's position limit) are cut from the left,
+    keeping the continuation.
     ``share_inputs=False`` gives every pair its own row (the general path;
     the numbers are the same, only slower).
     """
@@ -198,6 +204,11 @@ def option_logprobs(
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if intuition_scores is None:
+        from mor1e import MissingIntuitionError, needs_intuition
+
+        if needs_intuition(model):
+            raise MissingIntuitionError("option_logprobs: pass intuition_scores, one (k,) row per pair")
     if intuition_scores is not None:
         intuition_scores = torch.as_tensor(np.asarray(intuition_scores, dtype=np.float32))
         if intuition_scores.ndim != 2 or intuition_scores.shape[0] != len(contexts):
@@ -256,6 +267,7 @@ def option_logprobs(
     finally:
         if intuition_scores is not None:
             _set_intuition(model, None)
+        _set_token_mask(model, None)
         for module, training in modes:
             module.training = training
     return out

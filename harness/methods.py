@@ -1,6 +1,8 @@
 """The five methods the harness compares, as one function from (model, method, hparams) to a model.
 
-- ``mor1e``: MoR1E adapters; hparams are MoR1EConfig fields (r1, r2, num_clusters, router_temperature, top_k, ...).
+- ``mor1e``: MoR1E adapters; hparams are MoR1EConfig fields (r1, r2, num_clusters, router_temperature, top_k, ...)
+  plus ``parameterization``: "authors" (the default: ``MoR1EConfig.authors``, the published layer) or
+  "normalised" (``MoR1EConfig.normalised``); the other hparams apply on top of it.
 - ``lora``: PEFT LoRA; hparams rank (8), alpha (16), dropout (0.0).
 - ``molora``: mixture of LoRA experts; hparams are MoLoRAConfig fields (num_experts, rank, router_temperature, top_k, ...).
 - ``dense``: full finetuning, every parameter trainable; no hparams.
@@ -20,8 +22,10 @@ import mor1e
 METHODS = ("mor1e", "lora", "molora", "dense", "zeroshot")
 
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "dropout": 0.0}
+# MoR1E's parameterisations: the constructor each name selects.
+PARAMETERIZATIONS = {"authors": mor1e.MoR1EConfig.authors, "normalised": mor1e.MoR1EConfig.normalised}
 _HPARAMS = {
-    "mor1e": {f.name for f in fields(mor1e.MoR1EConfig)},
+    "mor1e": {f.name for f in fields(mor1e.MoR1EConfig)} | {"parameterization"},
     "molora": {f.name for f in fields(mor1e.MoLoRAConfig)},
     "lora": set(LORA_DEFAULTS) | {"target_modules"},
     "dense": set(),
@@ -43,7 +47,10 @@ def method_config(method: str, hparams: dict[str, Any] | None = None):
         allowed = ", ".join(sorted(_HPARAMS[method])) or "none"
         raise ValueError(f"unknown hparam(s) for method {method!r}: {', '.join(unknown)} (allowed: {allowed})")
     if method == "mor1e":
-        return mor1e.MoR1EConfig(**hparams)
+        name = hparams.pop("parameterization", "authors")
+        if name not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {name!r}")
+        return PARAMETERIZATIONS[name](**hparams)
     if method == "molora":
         return mor1e.MoLoRAConfig(**hparams)
     if method == "lora":
@@ -79,7 +86,8 @@ def apply_method(model: nn.Module, method: str, hparams: dict[str, Any] | None =
 def uses_intuition(method: str, hparams: dict[str, Any] | None = None) -> bool:
     """Whether the method consumes intuition scores (so the trainer must compute them)."""
     check_method(method)
-    return method == "mor1e" and bool((hparams or {}).get("use_intuition", True))
+    config = method_config(method, hparams) if method == "mor1e" else None
+    return config is not None and config.use_intuition
 
 
 def num_experts(method: str, hparams: dict[str, Any] | None = None) -> int | None:

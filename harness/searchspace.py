@@ -39,7 +39,8 @@ PARAM_TYPES = ("float", "int", "categorical")
 METHOD_PARAMS = {
     "mor1e": {"learning_rate", "expert_shape", "r1", "r2", "num_clusters", "router_temperature", "top_k",
               "token_coef", "intuition_coef", "output_gate", "aux_loss_coef", "use_intuition",
-              "use_token_router"},
+              "use_token_router", "parameterization", "gate_sharpness", "gate_init", "intuition_map",
+              "router_init", "share_routers"},
     "lora": {"learning_rate", "rank", "alpha", "alpha_ratio", "dropout"},
     "molora": {"learning_rate", "num_experts", "rank", "router_temperature", "top_k", "aux_loss_coef"},
     "dense": {"learning_rate"},
@@ -55,6 +56,16 @@ SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "trial_seed", "schedu
 FINAL_KEYS = {"seeds"}
 RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
+# MoR1E's named options and the values each may take (harness.methods / mor1e.MoR1EConfig).
+MOR1E_CHOICES = {
+    "parameterization": ("authors", "normalised"),
+    "intuition_map": ("linear", "softmax"),
+    "router_init": ("zeros", "random"),
+    "output_gate": ("sigmoid", "scalar", "none"),
+    "share_routers": (True, False),
+    "use_intuition": (True, False),
+    "use_token_router": (True, False),
+}
 SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
                 "num_workers", "use_gpu", "zero_stage", "scored_roles"}
 
@@ -192,6 +203,19 @@ def _check_values(method: str, p: Param, where: str, max_clusters: int | None) -
             continue
         if p.name in ("top_k",) and v is None:
             continue
+        if method == "mor1e" and p.name in MOR1E_CHOICES:
+            allowed = MOR1E_CHOICES[p.name]
+            if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
+                raise ConfigError(f"{where}: must be one of {', '.join(map(str, allowed))}, got {v!r}")
+            continue
+        if p.name in ("token_coef", "intuition_coef", "gate_sharpness"):
+            v = _number(v, where)
+            if v <= 0:
+                raise ConfigError(f"{where}: {p.name} must be > 0, got {v}")
+        if p.name in ("gate_init", "aux_loss_coef"):
+            v = _number(v, where)
+            if p.name == "aux_loss_coef" and v < 0:
+                raise ConfigError(f"{where}: aux_loss_coef must be >= 0, got {v}")
         if p.name in ("learning_rate", "router_temperature", "alpha", "alpha_ratio"):
             v = _number(v, where)
             if v <= 0:

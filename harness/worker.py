@@ -378,6 +378,15 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # identical adapter init on every rank
     model = apply_method(model, cfg.method, cfg.hparams)
     trainable_params = mor1e.count_trainable(model)
+    if mor1e.needs_intuition(model):
+        # Every pass of a MoR1E model with intuition needs its examples' scores (the driver's prepare_data).
+        wanted = {"train": cfg.trains, "selection": "selection" in cfg.scored_roles,
+                  "report": "report" in cfg.scored_roles}
+        missing = [name for name, scores in (("train", data.train_scores), ("selection", data.selection_scores),
+                                             ("report", data.report_scores))
+                   if wanted[name] and scores is None]
+        if missing:
+            raise mor1e.MissingIntuitionError(f"trial data has no intuition scores for {', '.join(missing)}")
 
     # What a device-second is here: one GPU per worker, or the worker's CPU threads.
     devices_per_worker = 1 if use_gpu else torch.get_num_threads()
@@ -448,9 +457,12 @@ def train_loop_per_worker(config: dict) -> None:
             batch = collate([encoded[i] for i in idx], pad_id, left=left_pad).to(device)
             if data.train_scores is not None:
                 mor1e.set_intuition(module, torch.from_numpy(data.train_scores[idx]))
-            lm_loss = answer_loss(engine, batch, opts["keep_arg"] if left_pad else None)
-            # The load-balancing term (0 unless an aux_loss_coef is set) joins the LM loss.
-            loss = lm_loss + mor1e.aux_loss(module).to(lm_loss.device)
+            # The routers' load-balancing loss counts this micro-batch's real tokens only; every
+            # layer sees the full (B, T) batch, so the attention mask applies as it is.
+            with mor1e.token_mask(module, batch.attention_mask):
+                lm_loss = answer_loss(engine, batch, opts["keep_arg"] if left_pad else None)
+                # The load-balancing term (0 unless an aux_loss_coef is set) joins the LM loss.
+                loss = lm_loss + mor1e.aux_loss(module).to(lm_loss.device)
             engine.backward(loss)
             engine.step()
             loss_sum += float(lm_loss.detach())

@@ -2,6 +2,13 @@
 
 Only adapter parameters (``is_adapter_param``) are written.  Each file is written to a
 temporary file in the target directory and renamed, so a crash never leaves a torn file.
+
+Format versions of ``adapter_config.json``:
+
+- 1: MoR1E meant the normalised variant; ``output_gate`` was a bool (a raw scalar or none), and
+  there were no ``gate_sharpness``, ``intuition_map`` or ``router_init`` fields.
+- 2: the MoR1E fields of ``MoR1EConfig`` today, whose defaults are the authors' layer.  A version 1
+  config loads with the values version 1 meant (``V1_MOR1E``) for the fields it lacks.
 """
 
 from __future__ import annotations
@@ -23,8 +30,23 @@ from mor1e.wrap import _lora_fields, adapter_config, adapter_parameters, wrap
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _METHODS = {"mor1e": MoR1EConfig, "molora": MoLoRAConfig}
+# What a version 1 MoR1E config meant for the fields it did not have.
+V1_MOR1E = {"gate_sharpness": 1.0, "intuition_map": "softmax", "router_init": "random"}
+
+
+def _upgrade_mor1e_v1(fields: dict) -> dict:
+    """A version 1 MoR1E config in today's fields (``output_gate`` true/false -> "scalar"/"none")."""
+    out = {**V1_MOR1E, **fields}
+    gate = out.get("output_gate", False)
+    if isinstance(gate, bool):
+        out["output_gate"] = "scalar" if gate else "none"
+    # Version 1's defaults for fields a hand-written config may have left out.
+    out.setdefault("token_coef", 1.0)
+    out.setdefault("intuition_coef", 1.0)
+    out.setdefault("share_routers", True)
+    return out
 
 
 def _json_default(value):
@@ -86,6 +108,13 @@ def read_adapter_config(directory):
         raise FileNotFoundError(f"{path} not found")
     record = json.loads(path.read_text())
     method, fields = record.get("method"), record.get("config")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is not one this library reads (1..{FORMAT_VERSION})")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: no adapter config")
+    if method == "mor1e" and version == 1:
+        fields = _upgrade_mor1e_v1(fields)
     if method in _METHODS:
         return _METHODS[method].from_dict(fields)
     if method == "lora":

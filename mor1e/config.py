@@ -53,14 +53,46 @@ class _Serialisable:
         return cls(**d)
 
 
+# The authors' parameterisation (T-REX, arXiv 2404.08985; their peft ``lora.py``, ``rank1_flex``):
+# G = 32·ω·softmax(W_r x / τ) + 4·(1−ω)·M(s), ω = sigmoid(100·w_ω), out = sigmoid(100·w_o)·B(Gᵀ(A x)).
+AUTHORS = dict(
+    token_coef=32.0, intuition_coef=4.0, gate_sharpness=100.0, intuition_map="linear",
+    router_init="zeros", output_gate="sigmoid", share_routers=False,
+)
+# This project's earlier variant: a convex mixture of two distributions, G = ω·softmax(W_r x / τ) +
+# (1−ω)·softmax(W_p s + b_p), ω = sigmoid(w), a randomly initialised token router and no output gate.
+NORMALISED = dict(
+    token_coef=1.0, intuition_coef=1.0, gate_sharpness=1.0, intuition_map="softmax",
+    router_init="random", output_gate="none", share_routers=False,
+)
+INTUITION_MAPS = ("linear", "softmax")
+ROUTER_INITS = ("zeros", "random")
+OUTPUT_GATES = ("sigmoid", "scalar", "none")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 @dataclass
 class MoR1EConfig(_Serialisable):
     """Mixture of rank-1 experts (T-REX, arXiv 2404.08985).
 
-    A wrapped linear computes ``y = W x + B (Gᵀ (A x))`` with ``A: r1×d_in``,
+    A wrapped linear computes ``y = W x + g · B (Gᵀ (A x))`` with ``A: r1×d_in``,
     ``B: d_out×r2`` and a per-token routing matrix ``G: r1×r2``; expert (i, j)
     is the rank-1 matrix ``B[:, j] A[i, :]``, so E = r1·r2 experts cost r1 + r2
-    vectors.  ``G = token_coef·ω·softmax(W_r x / τ) + intuition_coef·(1−ω)·P(s)``.
+    vectors.  ``G = token_coef·ω·softmax(W_r x / τ) + intuition_coef·(1−ω)·M(s)``
+    with ``ω = sigmoid(gate_sharpness·w_ω)``; ``g`` is the output gate.
+
+    The defaults are the authors' layer (``MoR1EConfig.authors()``); with τ = 1 and no
+    top-k it is their ``rank1_flex`` exactly.  ``MoR1EConfig.normalised()`` is the convex
+    variant.  Every field where the two differ is named here, so any mix is expressible.
     """
 
     r1: int = 4
@@ -70,29 +102,41 @@ class MoR1EConfig(_Serialisable):
     num_experts: int | None = None
     """Optional E; when given it must equal r1·r2 (a guard for search spaces)."""
     num_clusters: int = 8
-    """k: number of intuition clusters, the input size of the prior P."""
+    """k: number of intuition clusters, the input size of the intuition map M."""
     router_temperature: float = 1.0
-    """τ in softmax(W_r x / τ); lower is sharper."""
+    """τ in softmax(W_r x / τ); lower is sharper.  The authors' layer has τ = 1."""
     top_k: int | None = None
-    """Keep only the k largest token-router weights per token (renormalised); None keeps all E."""
+    """Keep only the k largest token-router weights per token (renormalised); None keeps all E (the authors')."""
     target_modules: tuple[str, ...] | None = None
     """Module names to wrap; None = every attention and MLP projection of the architecture."""
     use_token_router: bool = True
-    """Ablation switch for the token term of G."""
+    """Ablation switch for the token term of G (without it G = intuition_coef·M(s), no ω)."""
     use_intuition: bool = True
-    """Ablation switch for the intuition term P(s) of G."""
-    token_coef: float = 1.0
-    """Scale of the token term.  1.0 keeps G a convex mixture; the authors' code uses 32."""
-    intuition_coef: float = 1.0
-    """Scale of the intuition term.  The authors' code uses 4."""
+    """Ablation switch for the intuition term of G (without it G = token_coef·softmax(W_r x / τ), no ω).
+    With it, every forward needs intuition scores (``with mor1e.intuition(model, scores):``)."""
+    token_coef: float = AUTHORS["token_coef"]
+    """Scale of the token term: the authors' 32; 1 (normalised) keeps G a convex mixture."""
+    intuition_coef: float = AUTHORS["intuition_coef"]
+    """Scale of the intuition term: the authors' 4; 1 in the normalised variant."""
+    gate_sharpness: float = AUTHORS["gate_sharpness"]
+    """c in ω = sigmoid(c·w_ω) and in the sigmoid output gate sigmoid(c·w_o): the authors' 100; 1 normalised.
+    A sharp gate moves at ordinary learning rates; with c = 1 and lr 5e-5 ω stays at 0.5."""
     gate_init: float = 0.0
-    """Initial logit of the learned gate ω = sigmoid(logit); 0 starts at ω = 0.5."""
-    output_gate: bool = False
-    """Multiply the update by a learned scalar (initialised to 1), as the authors' code does."""
-    share_routers: bool = True
-    """One router (W_r, P, ω) per input: q/k/v share one, gate/up share one."""
+    """Initial w_ω; 0 starts at ω = 0.5 (the authors')."""
+    intuition_map: str = AUTHORS["intuition_map"]
+    """M, from k cluster scores to E expert weights.  "linear" (the authors'): the identity when
+    k == E, else a bias-free linear map k → E (trained).  "softmax" (normalised): softmax(W_p s + b_p)."""
+    router_init: str = AUTHORS["router_init"]
+    """Token router W_r at init: "zeros" (the authors': routing starts uniform) or "random"
+    (nn.Linear's default init)."""
+    output_gate: str = AUTHORS["output_gate"]
+    """Scale g of the update: "sigmoid" (the authors': sigmoid(gate_sharpness·w_o), w_o = 0, so 0.5 at
+    init), "scalar" (a raw learned scalar starting at 1) or "none" (g = 1)."""
+    share_routers: bool = AUTHORS["share_routers"]
+    """False (the authors'): one router per projection.  True: q/k/v share one router, gate/up another."""
     aux_loss_coef: float = 0.0
-    """Weight of the Switch-style load-balancing loss on the token router; 0 disables it."""
+    """Weight of the Switch-style load-balancing loss on the token router (``mor1e.aux_loss``:
+    coef × the mean over routers of each router's loss on its own real tokens); 0 disables it."""
 
     def __post_init__(self) -> None:
         _check_int("r1", self.r1)
@@ -106,6 +150,9 @@ class MoR1EConfig(_Serialisable):
                 )
         _check_int("num_clusters", self.num_clusters)
         _check_positive("router_temperature", self.router_temperature)
+        _check_bool("use_token_router", self.use_token_router)
+        _check_bool("use_intuition", self.use_intuition)
+        _check_bool("share_routers", self.share_routers)
         if self.top_k is not None:
             _check_int("top_k", self.top_k)
             if self.top_k > experts:
@@ -116,14 +163,36 @@ class MoR1EConfig(_Serialisable):
             raise ValueError("use_token_router and use_intuition cannot both be False: G would have no source")
         _check_positive("token_coef", self.token_coef)
         _check_positive("intuition_coef", self.intuition_coef)
-        if not (isinstance(self.gate_init, (int, float)) and math.isfinite(self.gate_init)):
+        _check_positive("gate_sharpness", self.gate_sharpness)
+        if isinstance(self.gate_init, bool) or not (
+            isinstance(self.gate_init, (int, float)) and math.isfinite(self.gate_init)
+        ):
             raise ValueError(f"gate_init must be a finite number, got {self.gate_init!r}")
+        _check_choice("intuition_map", self.intuition_map, INTUITION_MAPS)
+        _check_choice("router_init", self.router_init, ROUTER_INITS)
+        _check_choice("output_gate", self.output_gate, OUTPUT_GATES)
         _check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)
         self.target_modules = _check_targets(self.target_modules)
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> "MoR1EConfig":
+        """The authors' layer (DESIGN.md, "The authors' parameterisation"), with ``overrides`` on top."""
+        return cls(**{**AUTHORS, **overrides})
+
+    @classmethod
+    def normalised(cls, **overrides: Any) -> "MoR1EConfig":
+        """The normalised variant: coefficients 1, M(s) = softmax(W_p s + b_p), ω = sigmoid(w_ω), a
+        randomly initialised token router and no output gate; ``overrides`` on top."""
+        return cls(**{**NORMALISED, **overrides})
 
     @property
     def experts(self) -> int:
         return self.r1 * self.r2
+
+    @property
+    def intuition_is_identity(self) -> bool:
+        """M is the identity: the linear map with k == E (the authors' raw cluster scores)."""
+        return self.intuition_map == "linear" and self.num_clusters == self.experts
 
 
 @dataclass

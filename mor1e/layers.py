@@ -47,51 +47,100 @@ def token_routing(logits: torch.Tensor, temperature: float, top_k: int | None) -
     return torch.zeros_like(logits).scatter(-1, index, torch.softmax(values, dim=-1))
 
 
-def load_balancing_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Switch-Transformer style balance loss E·Σ_e f_e·p_e (1.0 when perfectly balanced).
+def token_weights(token_mask: torch.Tensor | None, token_shape: torch.Size, like: torch.Tensor) -> torch.Tensor | None:
+    """The padding mask as per-token weights (N,) in ``like``'s dtype: 1 for a real token, 0 for padding.
 
-    f_e: fraction of tokens whose top-1 expert is e; p_e: mean router probability of e.
+    ``token_mask`` (usually the batch's attention mask, (B, T)) must have the router input's token
+    shape: a left-padded batch still reaches every layer as (B, T, d).  None (no mask set) -> None.
+    """
+    if token_mask is None:
+        return None
+    if tuple(token_mask.shape) != tuple(token_shape):
+        raise ValueError(
+            f"token mask has shape {tuple(token_mask.shape)} but the router's input has token shape "
+            f"{tuple(token_shape)}; set it with mor1e.token_mask(model, attention_mask) for this very batch"
+        )
+    return token_mask.reshape(-1).to(device=like.device, dtype=like.dtype)
+
+
+def load_balancing_loss(
+    logits: torch.Tensor, temperature: float, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Switch-Transformer balance loss E·Σ_e f_e·p_e of one router over its own real tokens (1.0 if balanced).
+
+    f_e: fraction of real tokens whose top-1 expert is e; p_e: mean router probability of e over
+    them.  Padding (``token_mask`` 0) counts for neither.  Sums are weighted, not indexed, so no
+    host sync is needed.
     """
     num_experts = logits.shape[-1]
-    flat = logits.reshape(-1, num_experts)
-    probs = torch.softmax(flat / temperature, dim=-1)
-    counts = torch.bincount(flat.argmax(dim=-1), minlength=num_experts)
-    fraction = counts.to(probs.dtype) / flat.shape[0]
-    return num_experts * (fraction * probs.mean(dim=0)).sum()
+    probs = torch.softmax(logits.reshape(-1, num_experts).float() / temperature, dim=-1)  # (N, E)
+    weights = token_weights(token_mask, logits.shape[:-1], probs)
+    if weights is None:
+        weights = probs.new_ones(probs.shape[0])
+    real = weights.sum().clamp(min=1.0)
+    fraction = probs.new_zeros(num_experts).index_add(0, probs.argmax(dim=-1), weights) / real
+    mean_prob = (weights @ probs) / real
+    return num_experts * (fraction * mean_prob).sum()
+
+
+class MissingIntuitionError(RuntimeError):
+    """A MoR1E router built with use_intuition=True ran without intuition scores."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__(
+            (detail + ": " if detail else "")
+            + "a MoR1E router built with use_intuition=True runs without intuition scores; wrap the call in "
+            "`with mor1e.intuition(model, scores):` (scores: (batch, k) cluster similarities). "
+            "Only the use_intuition=False ablation runs without them."
+        )
 
 
 class Routing(NamedTuple):
-    """The parts of G for a batch: G = token_scale · token + prior (broadcast over tokens)."""
+    """The parts of G for a batch: G = token_scale · token + prior (prior broadcast over tokens)."""
 
-    token: torch.Tensor | None  # (..., E) token-router weights, or None (ablation)
-    token_scale: torch.Tensor | float | None  # token_coef·ω (or token_coef without intuition)
-    prior: torch.Tensor | None  # (batch or 1, E) intuition term, coefficients applied, or None
+    token: torch.Tensor | None  # (..., E) token-router weights softmax(W_r x / τ) after top-k, or None (ablation)
+    token_scale: torch.Tensor | float | None  # token_coef·ω (token_coef without intuition)
+    prior: torch.Tensor | None  # (batch, E) intuition term intuition_coef·(1−ω)·M(s), or None (ablation)
+    omega: torch.Tensor | None  # (1,) the gate ω between the two terms, or None when there is only one
 
 
 class MoR1ERouter(nn.Module):
-    """Produces the two terms of G for one input x (arXiv 2404.08985, routing with intuition).
+    """Produces the two terms of G for one input x (arXiv 2404.08985, §3, routing with intuition).
 
-    G = token_coef·ω·softmax(W_r x / τ) + intuition_coef·(1−ω)·P(s), with P(s) = softmax(W_p s + b_p),
-    a learned map from k cluster scores to E = r1·r2 experts (any k, E), and ω = sigmoid(gate logit).
-    The router holds W_r, P and ω, so projections reading the same x can share one instance.
+    G = token_coef·ω·softmax(W_r x / τ) + intuition_coef·(1−ω)·M(s), ω = sigmoid(gate_sharpness·w_ω).
+    ``token_router`` is W_r (bias-free), ``prior`` is M (nn.Identity, a bias-free nn.Linear k→E, or
+    for the softmax map a biased nn.Linear whose output is softmaxed), ``gate_logit`` is w_ω.
 
-    Intuition scores are set per batch by ``mor1e.set_intuition``; they are plain attributes, not
-    buffers, so they are never saved and never cross processes.
+    Per-batch inputs are plain attributes, never buffers, so they are never saved and never cross
+    processes: ``intuition_scores`` (batch, k), set by ``mor1e.intuition``, and ``token_mask``
+    (the batch's attention mask), set by ``mor1e.token_mask``.
     """
 
     def __init__(self, d_in: int, config: MoR1EConfig, *, dtype=None, device=None):
         super().__init__()
         self.config = config
         self.experts = config.r1 * config.r2
+        self.uses_intuition = config.use_intuition
         kw = dict(dtype=dtype, device=device)
-        self.token_router = nn.Linear(d_in, self.experts, bias=False, **kw) if config.use_token_router else None
-        self.prior = nn.Linear(config.num_clusters, self.experts, **kw) if config.use_intuition else None
+        self.token_router = None
+        if config.use_token_router:
+            self.token_router = nn.Linear(d_in, self.experts, bias=False, **kw)
+            if config.router_init == "zeros":
+                nn.init.zeros_(self.token_router.weight)  # the authors': routing starts uniform
+        self.prior: nn.Module | None = None
+        if config.use_intuition:
+            if config.intuition_is_identity:
+                self.prior = nn.Identity()  # the authors' raw cluster scores, k == E
+            else:
+                bias = config.intuition_map == "softmax"
+                self.prior = nn.Linear(config.num_clusters, self.experts, bias=bias, **kw)
         if config.use_token_router and config.use_intuition:
             # Shape (1,), not (): DeepSpeed broadcasts parameters as byte views, which 0-dim tensors refuse.
             self.gate_logit = nn.Parameter(torch.full((1,), float(config.gate_init), **kw))
         else:
             self.gate_logit = None
         self.intuition_scores: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None
         self.last_aux_loss: torch.Tensor | None = None
         self.shared = False  # set by wrap when several projections use this router
         self._cache: tuple | None = None
@@ -100,58 +149,57 @@ class MoR1ERouter(nn.Module):
     def aux_loss_coef(self) -> float:
         return self.config.aux_loss_coef
 
-    def forward(self, x: torch.Tensor) -> Routing:
-        """The routing for input x; projections sharing this router and reading the very same x
-        (q/k/v, gate/up) reuse one computation instead of repeating the E-way softmax."""
+    def route(self, x: torch.Tensor) -> Routing:
+        """The routing for input x.  Projections sharing this router and reading the very same x
+        (q/k/v, gate/up) reuse one computation; ``forward`` (and so its hooks) runs once per
+        actual computation."""
         key = self._cache_key(x)
         cache = self._cache
         if cache is not None and cache[0]() is x and cache[1] == key:
             return cache[2]
-        routing = self._route(x)
+        routing = self(x)
         self._cache = (weakref.ref(x), key, routing) if self.shared else None
         return routing
 
     def _cache_key(self, x: torch.Tensor) -> tuple:
         # Any in-place change to x or to a router parameter (optimizer step), a different grad
-        # mode or new intuition scores invalidates the cached routing.
+        # mode, new intuition scores or a new token mask invalidates the cached routing.
         version = -1 if x.is_inference() else x._version
         params = tuple(-1 if p.is_inference() else p._version for p in self.parameters())
-        return (version, params, torch.is_grad_enabled(), id(self.intuition_scores))
+        return (version, params, torch.is_grad_enabled(), id(self.intuition_scores), id(self.token_mask))
 
-    def _route(self, x: torch.Tensor) -> Routing:
-        """G = token_scale·T + prior, T = softmax(W_r x / τ) (top-k), prior = intuition_coef·(1−ω)·P(s).
-
-        Without intuition scores the token term is used alone (scale token_coef, no ω); with the
-        token router off and no scores, P is evaluated at s = 0 (its learned bias), so the model
-        still runs.  The token scale is returned apart from T so that it multiplies the r1 values
-        of A x rather than every one of the E routing weights.
-        """
+    def forward(self, x: torch.Tensor) -> Routing:
+        """Token term T = softmax(W_r x / τ) (top-k), prior = intuition_coef·(1−ω)·M(s), token scale
+        token_coef·ω.  The scale is returned apart from T so that it multiplies the r1 values of A x
+        rather than every one of the E routing weights."""
         cfg = self.config
-        scores = self.intuition_scores if self.prior is not None else None
-        token = token_scale = prior = None
+        token = token_scale = prior = omega = None
         if self.token_router is not None:
-            logits = self.token_router(x)
+            logits = self.token_router(x)  # (..., E)
             token = token_routing(logits, cfg.router_temperature, cfg.top_k)
             token_scale = cfg.token_coef
             if cfg.aux_loss_coef > 0:
-                self.last_aux_loss = load_balancing_loss(logits, cfg.router_temperature)
-        if self.prior is not None and (scores is not None or token is None):
-            if scores is None:
-                scores = x.new_zeros(1, cfg.num_clusters)
-            prior = torch.softmax(self.prior(scores.to(x.dtype)), dim=-1) * cfg.intuition_coef
+                self.last_aux_loss = load_balancing_loss(logits, cfg.router_temperature, self.token_mask)
+        if self.prior is not None:
+            if self.intuition_scores is None:
+                raise MissingIntuitionError()
+            mapped = self.prior(self.intuition_scores.to(device=x.device, dtype=x.dtype))  # (batch, E)
+            if cfg.intuition_map == "softmax":
+                mapped = torch.softmax(mapped, dim=-1)
+            prior = mapped * cfg.intuition_coef
         if token is not None and prior is not None:
-            omega = torch.sigmoid(self.gate_logit)
+            omega = torch.sigmoid(self.gate_logit * cfg.gate_sharpness)
             token_scale = omega * cfg.token_coef
             prior = prior * (1 - omega)
-        return Routing(token, token_scale, prior)
+        return Routing(token, token_scale, prior, omega)
 
 
 class MoR1ELinear(nn.Module):
     """y = W x + g · B (Gᵀ (A x)): a frozen linear plus a mixture of r1·r2 rank-1 experts.
 
-    Expert (i, j) is B[:, j] A[i, :] (arXiv 2404.08985, mix-and-match rank-1 experts).  The grid is
-    contracted densely: A x (r1 values per token), then z_j = Σ_i (A x)_i G_ij (r2 values), then B z;
-    no per-expert loop and no E×d tensor.
+    Expert (i, j) is B[:, j] A[i, :] (arXiv 2404.08985, §3, mix-and-match rank-1 experts).  The grid
+    is contracted densely: A x (r1 values per token), then z_j = Σ_i (A x)_i G_ij (r2 values), then
+    B z; no per-expert loop and no E×d tensor.  g is the output gate (``config.output_gate``).
     """
 
     def __init__(self, base_layer: nn.Module, config: MoR1EConfig, router: MoR1ERouter | None = None):
@@ -166,7 +214,9 @@ class MoR1ELinear(nn.Module):
         self.mor1e_B = nn.Parameter(torch.zeros(d_out, config.r2, **kw))
         # Same init as LoRA's A; B = 0 makes the wrapped layer equal the base exactly.
         nn.init.kaiming_uniform_(self.mor1e_A, a=math.sqrt(5))
-        self.mor1e_output_gate = nn.Parameter(torch.ones(1, **kw)) if config.output_gate else None
+        # "sigmoid": w_o = 0 (g = 0.5, the authors'); "scalar": g itself, starting at 1.
+        gate_start = {"sigmoid": 0.0, "scalar": 1.0}.get(config.output_gate)
+        self.mor1e_output_gate = None if gate_start is None else nn.Parameter(torch.full((1,), gate_start, **kw))
         if router is None:
             self.mor1e_router = MoR1ERouter(d_in, config, **kw)
         else:
@@ -179,9 +229,17 @@ class MoR1ELinear(nn.Module):
     def router(self) -> MoR1ERouter:
         return self.mor1e_router if self.mor1e_router is not None else self.__dict__["_shared_router"]
 
+    def output_scale(self) -> torch.Tensor | None:
+        """g, or None when there is no output gate."""
+        if self.mor1e_output_gate is None:
+            return None
+        if self.config.output_gate == "sigmoid":
+            return torch.sigmoid(self.mor1e_output_gate * self.config.gate_sharpness)
+        return self.mor1e_output_gate
+
     def routing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """G for every token, shape (..., r1, r2); for inspection and tests (forward never builds it)."""
-        routing = self.router(x)
+        routing = self.router.route(x)
         r1, r2 = self.config.r1, self.config.r2
         g = torch.zeros(x.shape[:-1] + (r1, r2), dtype=x.dtype, device=x.device)
         if routing.token is not None:
@@ -191,27 +249,27 @@ class MoR1ELinear(nn.Module):
         return g
 
     def update(self, x: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
-        """B (Gᵀ (A x)); G (..., r1, r2) may be given explicitly, otherwise the router computes it."""
+        """g · B (Gᵀ (A x)); G (..., r1, r2) may be given explicitly, otherwise the router computes it."""
         r1, r2 = self.config.r1, self.config.r2
         ax = F.linear(x, self.mor1e_A)  # (..., r1)
         if G is not None:
             z = torch.einsum("...i,...ij->...j", ax, G)
         else:
-            routing = self.router(x)
+            routing = self.router.route(x)
             z = None
             if routing.token is not None:
                 scaled = ax * routing.token_scale if _scales(routing.token_scale) else ax
                 # per-token grid: (..., 1, r1) @ (..., r1, r2) -> (..., r2)
                 z = torch.matmul(scaled.unsqueeze(-2), routing.token.unflatten(-1, (r1, r2))).squeeze(-2)
             if routing.prior is not None:
-                # P(s) is per example, so contract it as (batch, tokens, r1) @ (batch, r1, r2)
+                # M(s) is per example, so contract it as (batch, tokens, r1) @ (batch, r1, r2)
                 # instead of expanding it over tokens.
                 zp = _prior_contract(ax, routing.prior.unflatten(-1, (r1, r2)))
                 z = zp if z is None else z + zp
-        out = F.linear(z, self.mor1e_B)  # (..., d_out)
-        if self.mor1e_output_gate is not None:
-            out = out * self.mor1e_output_gate
-        return out
+        scale = self.output_scale()
+        if scale is not None:
+            z = z * scale  # g·B z = B (g·z): scale the r2 values, not the d_out outputs
+        return F.linear(z, self.mor1e_B)  # (..., d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x) + self.update(x)
@@ -247,6 +305,34 @@ def _broadcast_prior(prior: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return prior.reshape(prior.shape[0], *([1] * (x.dim() - 2)), prior.shape[-1])
 
 
+class MoLoRARouter(nn.Module):
+    """The token router of one MoLoRA layer: ``forward`` returns softmax(W_r x / τ) (top-k), (..., E).
+
+    Holds ``weight`` (E×d_in) directly, so its state_dict key stays ``mor1e_router.weight``; the
+    batch's ``token_mask`` is set by ``mor1e.token_mask`` for the load-balancing loss.
+    """
+
+    def __init__(self, d_in: int, config: MoLoRAConfig, *, dtype=None, device=None):
+        super().__init__()
+        self.config = config
+        self.experts = config.num_experts
+        self.weight = nn.Parameter(torch.empty(config.num_experts, d_in, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
+        self.token_mask: torch.Tensor | None = None
+        self.last_aux_loss: torch.Tensor | None = None
+
+    @property
+    def aux_loss_coef(self) -> float:
+        return self.config.aux_loss_coef
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        logits = F.linear(x, self.weight)  # (..., E)
+        if cfg.aux_loss_coef > 0:
+            self.last_aux_loss = load_balancing_loss(logits, cfg.router_temperature, self.token_mask)
+        return token_routing(logits, cfg.router_temperature, cfg.top_k)
+
+
 class MoLoRALinear(nn.Module):
     """y = W x + (α/r) Σ_e g_e(x) B_e A_e x: E LoRA experts of rank r, softmax token router.
 
@@ -267,23 +353,15 @@ class MoLoRALinear(nn.Module):
         self.mor1e_B = nn.Parameter(torch.zeros(d_out, experts * rank, **kw))
         for e in range(experts):  # init only: each expert gets LoRA's A init over its own fan-in
             nn.init.kaiming_uniform_(self.mor1e_A.data[e * rank : (e + 1) * rank], a=math.sqrt(5))
-        self.mor1e_router = nn.Linear(d_in, experts, bias=False, **kw)
+        self.mor1e_router = MoLoRARouter(d_in, config, **kw)
         self.scaling = config.alpha / rank
-        self.last_aux_loss: torch.Tensor | None = None
-
-    @property
-    def aux_loss_coef(self) -> float:
-        return self.config.aux_loss_coef
 
     def router_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return token_routing(self.mor1e_router(x), self.config.router_temperature, self.config.top_k)
+        return self.mor1e_router(x)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        logits = self.mor1e_router(x)
-        weights = token_routing(logits, cfg.router_temperature, cfg.top_k)  # (..., E)
-        if cfg.aux_loss_coef > 0:
-            self.last_aux_loss = load_balancing_loss(logits, cfg.router_temperature)
+        weights = self.mor1e_router(x)  # (..., E)
         ax = F.linear(x, self.mor1e_A).unflatten(-1, (cfg.num_experts, cfg.rank))  # (..., E, r)
         z = (ax * weights.unsqueeze(-1)).flatten(-2)  # (..., E·r)
         return F.linear(z, self.mor1e_B) * self.scaling

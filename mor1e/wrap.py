@@ -1,4 +1,4 @@
-"""Injecting adapters into a causal LM, freezing, intuition scores and the auxiliary loss.
+"""Injecting adapters into a causal LM, freezing, per-batch router inputs and the auxiliary loss.
 
 ``wrap(model, config)`` replaces target linears in place.  Supported naming:
 Llama family (Llama, Mistral, Qwen2: q/k/v/o_proj, gate/up/down_proj) and
@@ -17,12 +17,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mor1e.config import MoLoRAConfig, MoR1EConfig
-from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoR1ELinear, MoR1ERouter, linear_features
+from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoLoRARouter, MoR1ELinear, MoR1ERouter, linear_features
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
-# Projections that read the same input inside one parent module; with share_routers they
-# share one MoR1ERouter.  (GPT-2 fuses q/k/v into c_attn, so it has nothing to share.)
+# Projections that read the same input inside one parent module; with share_routers they share
+# one MoR1ERouter (the authors' layer has one router per projection).  GPT-2 fuses q/k/v into
+# c_attn, so it has nothing to share.
 SHARE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # peft names its LoRA parameters lora_A / lora_B; ours carry ADAPTER_MARKER.
 _PEFT_MARKER = "lora_"
@@ -150,7 +151,18 @@ def _wrap_mor1e(model: nn.Module, config: MoR1EConfig) -> None:
 
 
 def _routers(model: nn.Module) -> list[MoR1ERouter]:
-    return [m for m in model.modules() if isinstance(m, MoR1ERouter) and m.prior is not None]
+    """The MoR1E routers that take intuition scores."""
+    return [m for m in model.modules() if isinstance(m, MoR1ERouter) and m.uses_intuition]
+
+
+def needs_intuition(model: nn.Module) -> bool:
+    """Whether ``model`` holds MoR1E routers that refuse to run without intuition scores."""
+    return bool(_routers(model))
+
+
+def _reference_param(router: MoR1ERouter) -> torch.Tensor | None:
+    """A parameter whose device and dtype the router computes in (None for a parameter-free router)."""
+    return next(iter(router.parameters()), None)
 
 
 def set_intuition(model: nn.Module, scores) -> None:
@@ -158,7 +170,8 @@ def set_intuition(model: nn.Module, scores) -> None:
 
     Scores broadcast over the token dimensions of each layer's input.  Works on the bare model
     or on anything whose ``modules()`` reaches it (e.g. a DeepSpeed engine).  Models without
-    intuition layers (LoRA, MoLoRA, ablations) ignore the call.
+    intuition layers (LoRA, MoLoRA, ablations) ignore the call.  A router built with intuition
+    raises ``MissingIntuitionError`` when it runs while its scores are cleared.
     """
     routers = _routers(model)
     if scores is not None:
@@ -173,10 +186,10 @@ def set_intuition(model: nn.Module, scores) -> None:
             k = router.config.num_clusters
             if scores.shape[1] != k:
                 raise ValueError(f"intuition scores have {scores.shape[1]} clusters but the adapter expects k={k}")
-            w = router.prior.weight
-            key = (w.device, w.dtype)
+            ref = _reference_param(router)
+            key = (scores.device, scores.dtype) if ref is None else (ref.device, ref.dtype)
             if key not in converted:
-                converted[key] = scores.detach().to(device=w.device, dtype=w.dtype)
+                converted[key] = scores.detach().to(device=key[0], dtype=key[1])
             router.intuition_scores = converted[key]
         return
     for router in routers:
@@ -185,7 +198,10 @@ def set_intuition(model: nn.Module, scores) -> None:
 
 @contextlib.contextmanager
 def using_intuition(model: nn.Module, scores) -> Iterator[nn.Module]:
-    """``with using_intuition(model, scores):`` sets scores for the block and restores the previous ones."""
+    """``with using_intuition(model, scores):`` sets scores for the block and restores the previous ones.
+
+    The same context manager is ``mor1e.intuition(model, scores)``.
+    """
     routers = _routers(model)
     previous = [r.intuition_scores for r in routers]
     set_intuition(model, scores)
@@ -196,15 +212,72 @@ def using_intuition(model: nn.Module, scores) -> Iterator[nn.Module]:
             router.intuition_scores = old
 
 
+def _masked_routers(model: nn.Module) -> list[nn.Module]:
+    """Every module that reads the batch's token mask: MoR1E routers and MoLoRA routers."""
+    return [m for m in model.modules() if isinstance(m, (MoR1ERouter, MoLoRARouter))]
+
+
+def set_token_mask(model: nn.Module, attention_mask) -> None:
+    """Tell every router which positions of this batch are real tokens; None clears the mask.
+
+    ``attention_mask`` is the batch's (B, T) mask, 1 for a real token and 0 for padding.  Every
+    wrapped projection sees its input as (B, T, d) (a left-padded batch too), so the mask applies
+    to every router's tokens as it is.  The load-balancing loss (``aux_loss``) and router telemetry
+    (``router_telemetry``) count real tokens only; without a mask every position counts.  Routing
+    itself never reads the mask.
+    """
+    routers = _masked_routers(model)
+    mask = None
+    if attention_mask is not None:
+        if isinstance(attention_mask, np.ndarray):
+            attention_mask = torch.from_numpy(attention_mask)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(f"token mask must be a (batch, tokens) tensor, got {got}")
+        mask = attention_mask.detach() != 0
+    on_device: dict[torch.device, torch.Tensor] = {}
+    for router in routers:
+        if mask is None:
+            router.token_mask = None
+            continue
+        ref = _reference_param(router)
+        device = mask.device if ref is None else ref.device
+        if device not in on_device:
+            on_device[device] = mask.to(device)
+        router.token_mask = on_device[device]
+
+
+@contextlib.contextmanager
+def token_mask(model: nn.Module, attention_mask) -> Iterator[nn.Module]:
+    """``with mor1e.token_mask(model, attention_mask):`` sets the mask for the block, then restores."""
+    routers = _masked_routers(model)
+    previous = [r.token_mask for r in routers]
+    set_token_mask(model, attention_mask)
+    try:
+        yield model
+    finally:
+        for router, old in zip(routers, previous):
+            router.token_mask = old
+
+
 def aux_loss(model: nn.Module) -> torch.Tensor:
-    """Σ coef · load-balancing loss over routers, from the last forward; 0 when none is enabled."""
-    total = None
+    """The load-balancing term of the last forward: coef × mean over routers of each router's loss.
+
+    Each MoR1E or MoLoRA router computes its own Switch-style loss E·Σ_e f_e·p_e over its own real
+    tokens (padding excluded by ``token_mask``), never over logits concatenated across layers.  The
+    mean over routers makes ``aux_loss_coef`` independent of depth and of router sharing: it is the
+    weight of the average router's loss, which is 1.0 when that router is perfectly balanced.  (The
+    Switch Transformer sums per-layer losses instead; its α equals coef / number of routers here.)
+    0 when no router has a coefficient > 0.
+    """
+    total, count = None, 0
     for module in model.modules():
         loss = getattr(module, "last_aux_loss", None)
         coef = getattr(module, "aux_loss_coef", 0.0)
         if loss is not None and coef > 0:
             term = coef * loss
             total = term if total is None else total + term.to(total.device)
+            count += 1
     if total is None:
         return torch.zeros(())
-    return total
+    return total / count

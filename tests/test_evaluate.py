@@ -325,12 +325,26 @@ def test_intuition_scores_reach_the_mor1e_layers_per_row():
         np.testing.assert_allclose(b, o, atol=1e-4, rtol=0)
     # Same prompt, different intuition: different numbers, so those rows were not shared.
     assert np.abs(np.subtract(batched[0], batched[2])).max() > 1e-3
-    # Scores are cleared afterwards: the routers hold none, and a call without scores
-    # equals token routing alone.
+    # Scores and masks are cleared afterwards, and a MoR1E model with intuition is never scored
+    # without scores: no silent token-only routing.
     routers = [m for m in model.modules() if isinstance(m, mor1e.MoR1ERouter)]
-    assert routers and all(r.intuition_scores is None for r in routers)
+    assert routers and all(r.intuition_scores is None and r.token_mask is None for r in routers)
+    with pytest.raises(mor1e.MissingIntuitionError, match="intuition_scores"):
+        score_examples(model, tok, examples, progress=False)
+
+
+def test_the_token_only_ablation_is_scored_without_scores():
+    import mor1e
+
+    model, tok = load_model("tiny-random-llama", seed=1)
+    mor1e.wrap(model, mor1e.MoR1EConfig(r1=2, r2=2, use_intuition=False, router_init="random"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mor1e_B"):
+                p.normal_(0, 0.5)
+    examples = LETTER_EXAMPLES[:2] + [LETTER_EXAMPLES[0]]
     plain = score_examples(model, tok, examples, progress=False)
-    assert np.abs(np.subtract(plain[0], batched[0])).max() > 1e-3
     np.testing.assert_allclose(plain[0], plain[2], atol=1e-5, rtol=0)
 
 
@@ -349,6 +363,8 @@ def test_intuition_scores_on_an_unwrapped_model_change_nothing(tiny):
     (["--examples", "0"], "--examples must be >= 1"),
     (["--datasets", "boolq", "nope"], "unknown dataset 'nope'"),
     (["--model", "smollm"], "unknown model"),
+    (["--telemetry-methods", "mor1e,lora"], "unknown --telemetry-methods 'lora'"),
+    (["--train-examples", "0"], "--train-examples must be >= 1"),
 ])
 def test_scoring_benchmark_rejects_bad_arguments_in_one_line(argv, message, capsys):
     from harness.bench import scoring
@@ -364,8 +380,18 @@ def test_scoring_benchmark_prints_its_table_on_the_tiny_model(capsys):
     assert scoring.main(["--model", "tiny-random-llama", "--examples", "6", "--datasets", "boolq", "mmlu",
                          "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    lines = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    cut = next(i for i, line in enumerate(lines) if line.startswith("| method | config |"))
+    table, telemetry = lines[:cut], lines[cut:]
     assert table[0].startswith("| method | format | examples | seconds | examples/s | speed-up |")
     assert len(table) == 1 + 4  # generation, batch-1 scoring, batched letter, batched cloze
     assert all("| 6 |" in row for row in table[1:])
     assert "Agreement of generation and batched letter scoring" in out
+    # MoR1E (scored with real intuition scores) and MoLoRA, with and without router telemetry
+    assert "Router telemetry cost: batched letter scoring of 6 examples" in out
+    assert [row.split("|")[1].strip() for row in telemetry[1:]] == ["mor1e", "molora"]
+    gate = {row.split("|")[1].strip(): row.split("|")[7].strip() for row in telemetry[1:]}
+    assert gate["molora"] == "-" and 0.0 < float(gate["mor1e"]) < 1.0
+    for row in telemetry[1:]:
+        stats = [float(v) for v in row.split("|")[8:12]]
+        assert all(0.0 <= v <= 1.0 for v in stats), row

@@ -22,6 +22,23 @@ METHOD_HPARAMS = {
     "lora": {"rank": 4},
     "dense": {},
 }
+# (method, hparams) of every adapter variant the exactness tests cover.
+VARIANTS = {
+    "mor1e": ("mor1e", METHOD_HPARAMS["mor1e"]),
+    "mor1e-normalised": ("mor1e", {**METHOD_HPARAMS["mor1e"], "parameterization": "normalised"}),
+    "mor1e-k-equals-E": ("mor1e", {"r1": 2, "r2": 2, "num_clusters": 4}),
+    "molora": ("molora", METHOD_HPARAMS["molora"]),
+    "lora": ("lora", METHOD_HPARAMS["lora"]),
+    "dense": ("dense", {}),
+}
+
+
+def scores_for(model, batch=2):
+    """Random intuition scores of the right k when the model needs them, else None."""
+    config = mor1e.adapter_config(model)
+    if isinstance(config, mor1e.MoR1EConfig) and config.use_intuition:
+        return torch.rand(batch, config.num_clusters)
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +69,13 @@ def randomise_adapters(model, seed=1):
 # ---------------------------------------------------------------- exact at init
 
 
-@pytest.mark.parametrize("method", ["mor1e", "molora", "lora", "dense"])
-def test_wrapped_tiny_model_equals_base_exactly(tiny, method):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_wrapped_tiny_model_equals_base_exactly(tiny, variant):
     model, ids = fresh(tiny)
     base = logits(model, ids)
-    apply_method(model, method, METHOD_HPARAMS[method])
-    assert torch.equal(logits(model, ids), base)
-    if method == "mor1e":
-        assert torch.equal(logits(model, ids, torch.rand(2, 3)), base)
+    method, hparams = VARIANTS[variant]
+    apply_method(model, method, hparams)
+    assert torch.equal(logits(model, ids, scores_for(model)), base)
 
 
 def test_wrapped_model_with_random_adapters_differs(tiny):
@@ -68,7 +84,7 @@ def test_wrapped_model_with_random_adapters_differs(tiny):
     base = logits(model, ids)
     mor1e.wrap(model, mor1e.MoR1EConfig(num_clusters=3))
     randomise_adapters(model)
-    assert not torch.allclose(logits(model, ids), base)
+    assert not torch.allclose(logits(model, ids, torch.rand(2, 3)), base)
 
 
 @pytest.mark.slow
@@ -79,9 +95,8 @@ def test_wrapped_smollm2_equals_base_exactly(method):
     ids = tok(["The capital of France is", "Hi"], return_tensors="pt", padding=True)
     base = logits(model, ids)
     apply_method(model, method, {} if method == "dense" else {**METHOD_HPARAMS[method]})
-    assert torch.equal(logits(model, ids), base)
+    assert torch.equal(logits(model, ids, scores_for(model)), base)
     if method == "mor1e":
-        assert torch.equal(logits(model, ids, torch.rand(2, 3)), base)
         # and a train step moves it: backward reaches the adapter only
         model.train()
         randomise_adapters(model)
@@ -95,17 +110,18 @@ def test_wrapped_smollm2_equals_base_exactly(method):
 # ---------------------------------------------------------------- reference maths
 
 
-def make_layer(d_in=6, d_out=5, seed=0, **cfg):
+def make_layer(d_in=6, d_out=5, seed=0, parameterization="authors", **cfg):
     torch.manual_seed(seed)
     base = nn.Linear(d_in, d_out)
-    layer = MoR1ELinear(base, mor1e.MoR1EConfig(**{"r1": 3, "r2": 4, "num_clusters": 2, **cfg}))
+    make = mor1e.MoR1EConfig.authors if parameterization == "authors" else mor1e.MoR1EConfig.normalised
+    layer = MoR1ELinear(base, make(**{"r1": 3, "r2": 4, "num_clusters": 2, **cfg}))
     with torch.no_grad():
         layer.mor1e_B.normal_()
     return layer
 
 
 def test_one_hot_routing_picks_one_rank1_expert():
-    layer = make_layer()
+    layer = make_layer(output_gate="none")
     x = torch.randn(7, 6)
     A = layer.mor1e_A.detach().tolist()
     B = layer.mor1e_B.detach().tolist()
@@ -123,7 +139,7 @@ def test_one_hot_routing_picks_one_rank1_expert():
 
 def test_update_is_the_mixture_of_rank1_experts():
     """B Gᵀ A x equals Σ_ij G_ij B[:, j] A[i, :] x for an arbitrary G."""
-    layer = make_layer()
+    layer = make_layer(output_gate="none")
     x = torch.randn(4, 6, dtype=torch.float64)
     layer = layer.double()
     G = torch.rand(4, 3, 4, dtype=torch.float64)
@@ -135,8 +151,10 @@ def test_update_is_the_mixture_of_rank1_experts():
     assert torch.allclose(layer.update(x, G), expected)
 
 
-def test_routing_matrix_follows_the_formula():
-    layer = make_layer(router_temperature=0.7, token_coef=3.0, intuition_coef=2.0, gate_init=0.4)
+def test_normalised_routing_matrix_follows_its_formula():
+    """The normalised variant (mixed with other coefficients): G = c_t·ω·T + c_i·(1−ω)·softmax(W_p s + b_p)."""
+    layer = make_layer(parameterization="normalised", router_temperature=0.7, token_coef=3.0,
+                       intuition_coef=2.0, gate_init=0.4)
     r = layer.router
     x = torch.randn(2, 5, 6)
     s = torch.rand(2, 2)
@@ -152,11 +170,11 @@ def test_routing_matrix_follows_the_formula():
     assert torch.allclose(layer.update(x), layer.update(x, G), atol=1e-5)
 
 
-def test_without_scores_token_router_alone():
-    layer = make_layer()
+def test_token_only_ablation_runs_without_scores():
+    layer = make_layer(parameterization="normalised", use_intuition=False, token_coef=2.0)
     x = torch.randn(3, 6)
     tok = torch.softmax(x @ layer.router.token_router.weight.T, -1)
-    assert torch.allclose(layer.routing_matrix(x).reshape(3, 12), tok, atol=1e-6)
+    assert torch.allclose(layer.routing_matrix(x).reshape(3, 12), 2.0 * tok, atol=1e-6)
 
 
 def test_intuition_scores_broadcast_per_example_over_tokens():
@@ -211,9 +229,15 @@ def test_ablations_drop_their_parameters():
     assert only_token.prior is None and only_token.gate_logit is None
     only_prior = MoR1ERouter(6, mor1e.MoR1EConfig(use_token_router=False, num_clusters=3))
     assert only_prior.token_router is None and only_prior.gate_logit is None
-    # no scores and no token router: P at s = 0, the same for every token
-    routing = only_prior(torch.randn(4, 6))
-    assert routing.token is None and routing.prior.shape == (1, 32)
+    # intuition alone: G = intuition_coef·M(s), the same for every token of an example
+    only_prior.intuition_scores = torch.rand(2, 3)
+    routing = only_prior(torch.randn(2, 4, 6))
+    assert routing.token is None and routing.omega is None
+    assert torch.allclose(routing.prior, 4.0 * only_prior.intuition_scores @ only_prior.prior.weight.T)
+    # and never without scores
+    only_prior.intuition_scores = None
+    with pytest.raises(mor1e.MissingIntuitionError, match="mor1e.intuition"):
+        only_prior(torch.randn(2, 4, 6))
 
 
 def test_molora_matches_reference():
@@ -223,7 +247,7 @@ def test_molora_matches_reference():
     with torch.no_grad():
         layer.mor1e_B.normal_()
     x = torch.randn(4, 6)
-    g = torch.softmax(layer.mor1e_router(x) / 0.5, -1)
+    g = torch.softmax(x @ layer.mor1e_router.weight.T / 0.5, -1)
     expected = layer.base_layer(x)
     for e in range(3):
         A_e = layer.mor1e_A[e * 2 : (e + 1) * 2]
@@ -240,7 +264,7 @@ def test_gradients_reach_only_adapter_parameters(tiny, method):
     model, ids = fresh(tiny)
     apply_method(model, method, METHOD_HPARAMS[method])
     model.train()
-    with mor1e.intuition(model, torch.rand(2, 3) if method == "mor1e" else None):
+    with mor1e.intuition(model, scores_for(model)):
         model(**ids, labels=ids["input_ids"]).loss.backward()
     params = dict(model.named_parameters())
     with_grad = {n for n, p in params.items() if p.grad is not None}
@@ -257,22 +281,26 @@ def test_gradients_reach_only_adapter_parameters(tiny, method):
     "cfg",
     [
         dict(num_clusters=3),
-        dict(num_clusters=3, output_gate=True, share_routers=False, top_k=4),
+        dict(num_clusters=3, output_gate="scalar", share_routers=True, top_k=4),
         dict(num_clusters=3, use_token_router=False),
         dict(use_intuition=False, aux_loss_coef=0.1),
+        dict(num_clusters=3, intuition_map="softmax", router_init="random", output_gate="none"),
+        dict(r1=2, r2=2, num_clusters=4),  # k == E: M is the identity, nothing to train
     ],
 )
 def test_every_mor1e_parameter_trains(tiny, cfg):
-    """Every adapter parameter, the intuition prior P and the gate ω included, gets a nonzero gradient."""
+    """Every adapter parameter, the intuition map M and the gates included, gets a nonzero gradient."""
     model, ids = fresh(tiny)
-    mor1e.wrap(model, mor1e.MoR1EConfig(**cfg))
+    config = mor1e.MoR1EConfig(**cfg)
+    mor1e.wrap(model, config)
     randomise_adapters(model)
     model.train()
-    with mor1e.intuition(model, torch.rand(2, 3) if cfg.get("use_intuition", True) else None):
+    with mor1e.intuition(model, scores_for(model)):
         loss = model(**ids, labels=ids["input_ids"]).loss + mor1e.aux_loss(model)
     loss.backward()
     names = [n for n, _ in mor1e.adapter_parameters(model)]
-    assert any(".prior." in n for n in names) == cfg.get("use_intuition", True)
+    assert any(".prior." in n for n in names) == (config.use_intuition and not config.intuition_is_identity)
+    assert any("output_gate" in n for n in names) == (config.output_gate != "none")
     for name, p in mor1e.adapter_parameters(model):
         assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -300,7 +328,7 @@ def test_aux_loss():
 
 def test_routers_are_shared_and_registered_once(tiny):
     model, _ = fresh(tiny)
-    mor1e.wrap(model, mor1e.MoR1EConfig())
+    mor1e.wrap(model, mor1e.MoR1EConfig(share_routers=True))
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     assert attn.q_proj.router is attn.k_proj.router is attn.v_proj.router
     assert mlp.gate_proj.router is mlp.up_proj.router
@@ -308,14 +336,16 @@ def test_routers_are_shared_and_registered_once(tiny):
     keys = [k for k in model.state_dict() if "token_router" in k]
     assert len(keys) == len(set(keys)) == 2 * 4  # per layer: qkv, o, gate/up, down
     unshared, _ = fresh(tiny)
-    mor1e.wrap(unshared, mor1e.MoR1EConfig(share_routers=False))
+    mor1e.wrap(unshared, mor1e.MoR1EConfig())  # the authors': one router per projection
     assert mor1e.count_trainable(unshared) > mor1e.count_trainable(model)
+    assert len([k for k in unshared.state_dict() if "token_router" in k]) == 2 * 7
 
 
 def test_shared_router_computes_once_per_input_and_stays_correct(tiny):
     model, ids = fresh(tiny)
-    mor1e.wrap(model, mor1e.MoR1EConfig(num_clusters=3))
+    mor1e.wrap(model, mor1e.MoR1EConfig(num_clusters=3, share_routers=True))
     randomise_adapters(model)
+    mor1e.set_intuition(model, torch.rand(2, 3))
     attn = model.model.layers[0].self_attn
     calls = []
     attn.q_proj.router.token_router.register_forward_hook(lambda *a: calls.append(1))
@@ -341,15 +371,24 @@ def test_shared_router_computes_once_per_input_and_stays_correct(tiny):
 
 
 def test_mor1e_parameter_count_is_pinned(tiny):
-    model, _ = fresh(tiny)
-    mor1e.wrap(model, mor1e.MoR1EConfig(r1=4, r2=8, num_clusters=8))
     d, f, kv = 64, 128, 32  # hidden, intermediate, k/v width of the tiny preset
     E, k = 32, 8
     ab = lambda d_in, d_out: 4 * d_in + d_out * 8  # noqa: E731
-    router = lambda d_in: d_in * E + (k * E + E) + 1  # noqa: E731  W_r, P (weight+bias), ω
-    per_layer = ab(d, d) + 2 * ab(d, kv) + ab(d, d) + 2 * ab(d, f) + ab(f, d)
-    per_layer += router(d) * 3 + router(f)
-    assert mor1e.count_trainable(model) == 2 * per_layer
+    ab_per_layer = ab(d, d) + 2 * ab(d, kv) + ab(d, d) + 2 * ab(d, f) + ab(f, d)
+    # The authors': a router per projection (W_r, bias-free M, ω) and an output gate per projection.
+    model, _ = fresh(tiny)
+    mor1e.wrap(model, mor1e.MoR1EConfig.authors(r1=4, r2=8, num_clusters=8))
+    router = lambda d_in: d_in * E + k * E + 1  # noqa: E731
+    assert mor1e.count_trainable(model) == 2 * (ab_per_layer + 6 * router(d) + router(f) + 7)
+    # k == E: M is the identity and has no parameters.
+    model, _ = fresh(tiny)
+    mor1e.wrap(model, mor1e.MoR1EConfig.authors(r1=4, r2=8, num_clusters=32))
+    assert mor1e.count_trainable(model) == 2 * (ab_per_layer + 6 * (d * E + 1) + (f * E + 1) + 7)
+    # Normalised with shared routers: qkv, o, gate/up, down; P has a bias; no output gate.
+    model, _ = fresh(tiny)
+    mor1e.wrap(model, mor1e.MoR1EConfig.normalised(r1=4, r2=8, num_clusters=8, share_routers=True))
+    router = lambda d_in: d_in * E + (k * E + E) + 1  # noqa: E731
+    assert mor1e.count_trainable(model) == 2 * (ab_per_layer + router(d) * 3 + router(f))
 
 
 def test_mor1e_has_fewer_parameters_than_molora_at_32_experts(tiny):
@@ -376,12 +415,13 @@ def test_gpt2_conv1d_is_wrapped(method):
     base = logits(model, ids)
     with pytest.warns(UserWarning) if method == "lora" else _nothing():
         apply_method(model, method, METHOD_HPARAMS[method])
-    assert torch.equal(logits(model, ids), base)
+    scores = scores_for(model)
+    assert torch.equal(logits(model, ids, scores), base)
     wrapped = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (MoR1ELinear, MoLoRALinear))}
     if method != "lora":
         assert wrapped == {"c_attn", "c_proj", "c_fc"}
     randomise_adapters(model)
-    assert not torch.allclose(logits(model, ids), base)
+    assert not torch.allclose(logits(model, ids, scores), base)
 
 
 def test_gpt2_conv1d_update_uses_the_right_orientation():
@@ -393,7 +433,8 @@ def test_gpt2_conv1d_update_uses_the_right_orientation():
         layer.mor1e_B.normal_()
     x = torch.randn(4, 32)
     G = torch.rand(4, 2, 3)
-    expected = x @ conv.weight + conv.bias + torch.einsum("oj,tij,ic,tc->to", layer.mor1e_B, G, layer.mor1e_A, x)
+    gate = 0.5  # the authors' output gate at init: sigmoid(100 · 0)
+    expected = x @ conv.weight + conv.bias + gate * torch.einsum("oj,tij,ic,tc->to", layer.mor1e_B, G, layer.mor1e_A, x)
     assert torch.allclose(layer.base_layer(x) + layer.update(x, G), expected, atol=1e-5)
 
 
@@ -418,6 +459,14 @@ class _nothing:
         (lambda: mor1e.MoR1EConfig(token_coef=0), "token_coef"),
         (lambda: mor1e.MoR1EConfig(aux_loss_coef=-1), "aux_loss_coef"),
         (lambda: mor1e.MoR1EConfig(use_token_router=False, use_intuition=False), "use_token_router"),
+        (lambda: mor1e.MoR1EConfig(gate_sharpness=0), "gate_sharpness"),
+        (lambda: mor1e.MoR1EConfig(gate_sharpness=float("inf")), "gate_sharpness"),
+        (lambda: mor1e.MoR1EConfig(intuition_map="cubic"), "intuition_map"),
+        (lambda: mor1e.MoR1EConfig(router_init="ones"), "router_init"),
+        (lambda: mor1e.MoR1EConfig(output_gate=True), "output_gate"),
+        (lambda: mor1e.MoR1EConfig.normalised(output_gate="relu"), "output_gate"),
+        (lambda: mor1e.MoR1EConfig(share_routers="yes"), "share_routers"),
+        (lambda: mor1e.MoR1EConfig(gate_init=float("nan")), "gate_init"),
         (lambda: mor1e.MoLoRAConfig(router_temperature=0), "router_temperature"),
         (lambda: mor1e.MoLoRAConfig(num_experts=4, top_k=5), "top_k"),
         (lambda: mor1e.MoLoRAConfig(top_k=0), "top_k"),
@@ -473,11 +522,13 @@ def test_methods_cover_the_contract():
 @pytest.mark.parametrize(
     "config",
     [
-        mor1e.MoR1EConfig(num_clusters=3, output_gate=True, top_k=6),
+        mor1e.MoR1EConfig(num_clusters=3, top_k=6),
+        mor1e.MoR1EConfig(r1=2, r2=2, num_clusters=4),
+        mor1e.MoR1EConfig.normalised(num_clusters=3, output_gate="scalar", share_routers=True),
         mor1e.MoLoRAConfig(num_experts=4, rank=2),
         LoraConfig(r=4, lora_alpha=8),
     ],
-    ids=["mor1e", "molora", "lora"],
+    ids=["mor1e", "mor1e-k-equals-E", "mor1e-normalised-shared", "molora", "lora"],
 )
 def test_save_load_roundtrip_gives_identical_logits(tiny, tmp_path, config):
     from safetensors.torch import load_file
@@ -486,7 +537,7 @@ def test_save_load_roundtrip_gives_identical_logits(tiny, tmp_path, config):
     base = copy.deepcopy(model)
     mor1e.wrap(model, config)
     randomise_adapters(model)
-    scores = torch.rand(2, 3) if isinstance(config, mor1e.MoR1EConfig) else None
+    scores = scores_for(model)
     trained = logits(model, ids, scores)
     mor1e.save_adapter(model, tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
@@ -498,6 +549,8 @@ def test_save_load_roundtrip_gives_identical_logits(tiny, tmp_path, config):
     assert sum(t.numel() for t in saved.values()) == mor1e.count_trainable(model)
     loaded = mor1e.load_adapter(base, tmp_path / "adapter")
     assert type(mor1e.adapter_config(loaded)) is type(config)
+    if isinstance(config, mor1e.MoR1EConfig):
+        assert mor1e.adapter_config(loaded) == config
     assert torch.equal(logits(loaded, ids, scores), trained)
     assert mor1e.count_trainable(loaded) == mor1e.count_trainable(model)
 

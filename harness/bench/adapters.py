@@ -9,7 +9,9 @@ forward, loss backward, AdamW step, on random token ids.  Methods:
 - dense: every parameter trainable;
 - lora: PEFT LoRA r=8, alpha=16 on all attention and MLP projections;
 - molora: 8 LoRA experts of rank 4 (32 rank-1 directions in A, like MoR1E's grid), softmax router;
-- mor1e: r1=4 × r2=8 = 32 rank-1 experts, shared routers, k=8 intuition clusters (scores set).
+- mor1e: the authors' layer (``MoR1EConfig.authors``: one router per projection), r1=4 × r2=8 = 32
+  rank-1 experts, k=8 intuition clusters, with intuition scores set (a model built with intuition
+  refuses to run without them).
 
 Prints a markdown table: trainable params, median step time, tokens/s, peak RSS and the
 ratio of tokens/s to PEFT LoRA's; also median CPU seconds per step and the LoRA ratio by
@@ -31,7 +33,7 @@ METHODS = {
     "dense": ("dense", {}),
     "lora": ("lora", {"rank": 8, "alpha": 16.0}),
     "molora": ("molora", {"num_experts": 8, "rank": 4}),
-    "mor1e": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8, "share_routers": True}),
+    "mor1e": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8}),
 }
 
 
@@ -55,7 +57,7 @@ def run_one(method: str, args) -> dict:
     import torch
 
     import mor1e
-    from harness.methods import apply_method
+    from harness.methods import apply_method, uses_intuition
     from harness.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -68,7 +70,8 @@ def run_one(method: str, args) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=gen)
-    scores = torch.rand(args.batch, hparams["num_clusters"], generator=gen) if name == "mor1e" else None
+    # Random (batch, k) scores: the same shapes and work as the cosine similarities a trial computes.
+    scores = torch.rand(args.batch, hparams["num_clusters"], generator=gen) if uses_intuition(name, hparams) else None
     times, cpu_times = [], []
     with mor1e.intuition(model, scores):
         for step in range(args.warmup + args.steps):

@@ -1,6 +1,7 @@
-"""Batched option scoring against per-example greedy one-token generation.
+"""Batched option scoring against per-example greedy one-token generation; the cost of router telemetry.
 
     python -m harness.bench scoring [--model smollm2-135m] [--examples 96] [--batch-size 16] [--threads 2]
+                                    [--telemetry-methods mor1e,molora]
 
 The authors' evaluation generates one token per example, one example at a
 time, and compares it with the answer letter. This harness instead scores every
@@ -10,6 +11,13 @@ cloze scoring of the same examples (option texts as continuations, several
 tokens each) is timed too, and so is option scoring one example per forward,
 which separates the gain of batching from the overhead of ``generate``. Prints
 a markdown table and the agreement between the predictions.
+
+A second table times batched letter scoring of adapter-wrapped models (MoR1E in
+the authors' parameterisation, 4x8 experts, k = 8, given real intuition scores:
+k-means over the twins' training texts, as a trial computes them; MoLoRA with 8
+experts) with and without ``mor1e.router_telemetry``, and prints the overhead and
+the statistics. The adapters get small random values (seeded), as after training,
+so that the statistics are not those of a uniform router.
 """
 
 from __future__ import annotations
@@ -39,7 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="time each method this many times, keep the fastest")
     p.add_argument("--no-cloze", action="store_true", help="skip the cloze-scoring row")
     p.add_argument("--seed", type=int, default=0, help="synthetic twin seed")
+    p.add_argument("--telemetry-methods", default="mor1e,molora",
+                   help="adapters whose scoring is timed with and without router telemetry "
+                        f"(comma-separated subset of {','.join(TELEMETRY_METHODS)}; 'none' skips the table)")
+    p.add_argument("--train-examples", type=int, default=16,
+                   help="training rows per twin, clustered for the MoR1E intuition scores")
     return p
+
+
+# Adapters of the telemetry table: (method, hparams) for harness.methods.apply_method.
+TELEMETRY_METHODS = {
+    "mor1e": ("mor1e", {"r1": 4, "r2": 8, "num_clusters": 8}),
+    "molora": ("molora", {"num_experts": 8, "rank": 4}),
+}
 
 
 def _examples(datasets, n, fmt, tmp):
@@ -107,7 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"scoring: unknown dataset {unknown[0]!r}; expected some of: {' '.join(DATASETS)}", file=sys.stderr)
         return 2
-    for name in ("examples", "batch_size", "threads", "repeat"):
+    methods = [] if args.telemetry_methods == "none" else [m for m in args.telemetry_methods.split(",") if m]
+    bad = [m for m in methods if m not in TELEMETRY_METHODS]
+    if bad:
+        print(f"scoring: unknown --telemetry-methods {bad[0]!r}; expected some of: {' '.join(TELEMETRY_METHODS)}",
+              file=sys.stderr)
+        return 2
+    args.telemetry_methods = methods
+    for name in ("examples", "batch_size", "threads", "repeat", "train_examples"):
         if getattr(args, name) < 1:
             print(f"scoring: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
@@ -141,6 +168,7 @@ def _run(args) -> int:
         write_synthetic(tmp, seed=args.seed, n_train=0, n_validation=per_dataset, datasets=tuple(args.datasets))
         letter = _examples(args.datasets, args.examples, "letter", tmp)
         cloze = _examples(args.datasets, args.examples, "cloze", tmp)
+    train = _train_examples(args) if args.telemetry_methods else []
     model, tokenizer = load_model(args.model)
     print(f"{len(letter)} examples from {', '.join(args.datasets)}; {args.model}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.2f} before timing", file=sys.stderr)
@@ -181,7 +209,76 @@ def _run(args) -> int:
           f"{agree_valid:.3f} of the {int(valid.sum())} where the generated token was one of the letters.")
     print(f"Load average (1 min): {load_after:.2f} after timing; "
           f"torch threads {args.threads}; best of {args.repeat}.")
+    if args.telemetry_methods:
+        _telemetry_cost(model, tokenizer, letter, train, args)
     return 0
+
+
+def _train_examples(args) -> list:
+    """The twins' training texts that the MoR1E intuition k-means clusters (as a trial's driver does)."""
+    from harness.data import load_examples, write_synthetic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic(tmp, seed=args.seed, n_train=args.train_examples, n_validation=0,
+                        datasets=tuple(args.datasets))
+        return [ex for d in args.datasets for ex in load_examples(d, "train", data_dir=tmp, fmt="letter")]
+
+
+def _telemetry_cost(base, tokenizer, examples, train, args) -> None:
+    """Batched letter scoring of each adapter with and without ``mor1e.router_telemetry``."""
+    import copy
+
+    import torch
+
+    import mor1e
+    from harness.evaluate import score_examples
+    from harness.methods import apply_method, uses_intuition
+    from harness.train import intuition_scores
+
+    rows = []
+    for name in args.telemetry_methods:
+        method, hparams = TELEMETRY_METHODS[name]
+        model = apply_method(copy.deepcopy(base), method, hparams)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # as after training: B and the routers away from their initial values
+            for _, p in mor1e.adapter_parameters(model):
+                p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+        scores = None
+        if uses_intuition(method, hparams):
+            k = hparams["num_clusters"]
+            scores = intuition_scores([train, examples], k=k, seed=args.seed)[1]
+        collected = {}
+
+        def plain():
+            return score_examples(model, tokenizer, examples, batch_size=args.batch_size,
+                                  intuition_scores=scores, progress=False)
+
+        def with_telemetry():
+            with mor1e.router_telemetry(model) as telemetry:
+                out = plain()
+            collected["summary"] = telemetry.summary()  # one host copy, after scoring
+            return out
+
+        plain()  # warm-up
+        timed = _time_interleaved({(name, "scoring"): plain, (name, "scoring + telemetry"): with_telemetry},
+                                  args.repeat)
+        (base_s, base_cpu, base_out), (tel_s, tel_cpu, tel_out) = timed.values()
+        if base_out != tel_out:
+            raise RuntimeError(f"{name}: router telemetry changed the scores")
+        rows.append((name, hparams, base_s, tel_s, base_cpu, tel_cpu, collected["summary"]))
+    n = len(examples)
+    print()
+    print(f"Router telemetry cost: batched letter scoring of {n} examples, batch {args.batch_size}, "
+          f"best of {args.repeat}")
+    print()
+    print("| method | config | seconds | with telemetry | overhead | CPU overhead "
+          "| gate mean | load entropy | max share | dead fraction | token entropy |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, hparams, base_s, tel_s, base_cpu, tel_cpu, summary in rows:
+        stats = " | ".join("-" if summary[k] is None else f"{summary[k]:.3f}" for k in mor1e.TELEMETRY_KEYS)
+        config = ", ".join(f"{k}={v}" for k, v in hparams.items())
+        print(f"| {name} | {config} | {base_s:.2f} | {tel_s:.2f} | {100 * (tel_s / base_s - 1):+.1f}% "
+              f"| {100 * (tel_cpu / base_cpu - 1):+.1f}% | {stats} |")
 
 
 if __name__ == "__main__":
