@@ -338,7 +338,7 @@ def format_table(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None 
     n_seeds = int(pub.n_seeds.max())
     vs = f"vs {st.best_baseline}" if st.best_baseline else "vs best baseline"
     cols = ["method", *datasets, "mean", "95% CI", vs, "params", "search cost"]
-    notes = [f"report split, accuracy %" + (f", mean±std over {n_seeds} seeds" if n_seeds > 1 else "")]
+    notes = ["report split, accuracy %" + (f", mean±std over {n_seeds} seeds" if n_seeds > 1 else "")]
     if st.has_predictions:
         notes.append(f"95% CI of the mean over datasets: bootstrap over examples and seeds; "
                      f"{vs}: Δ points and paired sign-flip p, * = significant (p < {stats.ALPHA}, CI excludes 0)")

@@ -103,6 +103,9 @@ SCHEMA = pa.schema(
 )
 
 LEADERBOARD_COLUMNS = tuple(SCHEMA.names)
+# The router telemetry columns, as mor1e.router_telemetry names its statistics.
+TELEMETRY_KEYS = ("router_gate_mean", "router_load_entropy", "router_max_share", "router_dead_fraction",
+                  "router_token_entropy")
 EXTRA_COLUMNS = tuple(c for c in LEADERBOARD_COLUMNS if c not in DESIGN_COLUMNS)
 _NOT_NULL = tuple(f.name for f in SCHEMA if not f.nullable)
 

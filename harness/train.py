@@ -151,6 +151,8 @@ class _ProgressCallback(UserCallback):
 
 
 def _progress_line(m: dict) -> str:
+    if m.get("diverged"):
+        return f"step {m.get('step')}/{m.get('total_steps')}: diverged, {m['diverged']}; the trial stops here"
     per = " ".join(f"{d} {100 * v['accuracy']:.1f}" for d, v in sorted(m.get("selection", {}).items()))
     loss = m.get("loss")
     loss_s = "" if loss is None or (isinstance(loss, float) and math.isnan(loss)) else f" loss {loss:.4f}"
@@ -256,7 +258,7 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
     """Leaderboard rows for one trial: one per (dataset, role) with numbers, or one bare row (failed)."""
     from harness.data import split_name
     from harness.methods import method_config, num_experts
-    from harness.records import device_seconds, row_template
+    from harness.records import TELEMETRY_KEYS, device_seconds, row_template
 
     result = result or {}
     config = method_config(cfg.method, cfg.hparams)
@@ -282,6 +284,7 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
         precision=result.get("precision"), peak_rss_mb=num(result.get("peak_rss_mb"), float),
         wall_s=num(wall_s if wall_s is not None else result.get("wall_s"), float),
         train_tokens=num(result.get("tokens"), int),
+        **{k: num(result.get(k), float) for k in TELEMETRY_KEYS},
     )
     common["device_s"] = device_seconds(common["wall_s"], cfg.num_workers, result.get("devices_per_worker"))
     rows = []
@@ -445,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         try:
             result = run_trial(cfg, name=trial_id, storage_path=(out / "runs").resolve(), progress=True, data=data)
-            status, reason = "completed", None
+            status, reason = ("failed", f"diverged: {result['diverged']}") if result.get("diverged") \
+                else ("completed", None)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -455,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = trial_rows(cfg if args.data_dir else TrialConfig.from_dict({**cfg.to_dict(), "data_dir": None}),
                       result, study=args.study, trial_id=trial_id, status=status, status_reason=reason,
                       wall_s=wall)
-    append_predictions(out / PREDICTIONS_FILE, trial_predictions(cfg, result, study=args.study, trial_id=trial_id))
+    if status == "completed":  # the rows of a failed trial carry no accuracies to back
+        append_predictions(out / PREDICTIONS_FILE, trial_predictions(cfg, result, study=args.study,
+                                                                     trial_id=trial_id))
     append_rows(out / "leaderboard.parquet", rows)
     if status != "completed":
         print(f"trial {trial_id} failed: {reason}", file=sys.stderr)

@@ -12,14 +12,16 @@ on the selection split every ``eval_every`` steps and on the report split at
 the end (each if ``scored_roles`` has it), and ``ray.train.report`` the
 metrics with a DeepSpeed checkpoint saved on every rank (so ZeRO-3 shards are
 complete); rank 0 adds the evaluation's per-example predictions
-(``harness.predictions.EXAMPLES_FILE``) to it. A restarted worker group resumes from the newest reported
-checkpoint; the data order is a function of the step, so it resumes exactly.
+(``harness.predictions.EXAMPLES_FILE``) to it. A restarted worker group resumes
+from the newest reported checkpoint; the data order is a function of the step
+(``harness.training``), so it resumes exactly. A non-finite loss or gradient
+norm ends the run at once, reported as diverged, with a checkpoint that holds
+no weights, so nothing trains on from it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -35,10 +37,21 @@ from typing import Any
 import numpy as np
 
 from harness.predictions import EXAMPLES_FILE, write_examples
+from harness.training import (
+    answer_loss,
+    batch_indices,
+    collate,
+    deepspeed_config,
+    encode_training_example,
+    lr_multiplier,
+    trial_precision,
+)
 from harness.trial import TrialConfig
 
 # Seconds a fault-probe run waits for the test to kill a worker.
 FAULT_PROBE_WAIT_S = 60.0
+# The marker a diverged run's last checkpoint holds instead of weights.
+DIVERGED_FILE = "diverged.json"
 
 
 @dataclass
@@ -52,187 +65,6 @@ class TrialData:
     selection_scores: np.ndarray | None
     report_scores: np.ndarray | None
     total_steps: int
-
-
-# ---------------------------------------------------------------- pure helpers (unit-tested)
-
-
-def lr_multiplier(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Factor on the peak learning rate for optimizer step ``step`` (0-based).
-
-    Linear warmup over ``warmup`` steps (capped so at least one step follows it),
-    then cosine or linear decay to ``min_ratio`` at the last step, or constant.
-    """
-    warmup = min(warmup, max(total - 1, 0))
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    span = max(total - 1 - warmup, 1)
-    progress = min(max((step - warmup) / span, 0.0), 1.0)
-    if schedule == "cosine":
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - (1.0 - min_ratio) * progress
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_order(n: int, seed: int, epoch: int, lengths: tuple[int, ...] | None = None, group: int = 1) -> np.ndarray:
-    """Permutation of the mixture for one epoch; the same on every rank and after a restart.
-
-    With ``lengths`` and ``group`` > 1, each run of ``group`` consecutive
-    positions of the shuffle is sorted longest first: a micro-batch then holds
-    examples of similar length and carries little padding, while the shuffle
-    still decides which examples meet.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    if lengths is None or group <= 1:
-        return order
-    lens = np.asarray(lengths)
-    for start in range(0, n, group):
-        chunk = order[start:start + group]
-        order[start:start + group] = chunk[np.argsort(-lens[chunk], kind="stable")]
-    return order
-
-
-def batch_indices(n: int, *, seed: int, micro_step: int, batch_size: int, rank: int, world: int,
-                  lengths: tuple[int, ...] | None = None, group: int = 1) -> list[int]:
-    """Mixture indices of ``rank``'s micro-batch number ``micro_step`` (counted over the whole run).
-
-    Micro-step m consumes positions [m·world·B, (m+1)·world·B) of the endless
-    stream of shuffled epochs; rank r takes the r-th slice of B. Disjoint across
-    ranks, and a function of the step alone, so a resumed run sees the data an
-    uninterrupted run would have. ``lengths`` and ``group`` (micro-steps per
-    length-sorted run) reduce padding; see ``epoch_order``.
-    """
-    span = group * world * batch_size if lengths is not None else 1
-    start = (micro_step * world + rank) * batch_size
-    out = []
-    for pos in range(start, start + batch_size):
-        epoch, offset = divmod(pos, n)
-        out.append(int(epoch_order(n, seed, epoch, lengths, span)[offset]))
-    return out
-
-
-def encode_training_example(tokenizer, prompt: str, target: str, max_seq_len: int) -> tuple[list[int], int]:
-    """``(input_ids, n_context)`` for one example, tokenised exactly as it is scored.
-
-    Too-long sequences lose context tokens from the left; the answer is kept.
-    """
-    from harness.evaluate import encode_pair
-
-    ctx, cont = encode_pair(tokenizer, prompt, target)
-    cont = cont[: max_seq_len - 1]
-    ctx = ctx[-(max_seq_len - len(cont)):]
-    return ctx + cont, len(ctx)
-
-
-@dataclass
-class Batch:
-    """One training micro-batch. Left-padded (``position_ids`` set) or right-padded (``position_ids`` None)."""
-
-    input_ids: Any
-    attention_mask: Any
-    labels: Any  # -100 except on answer tokens
-    position_ids: Any
-    keep: int  # the longest answer in tokens; left-padded, every answer lies in the last ``keep`` columns
-
-    def to(self, device) -> "Batch":
-        move = (lambda t: None if t is None else t.to(device))
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.position_ids),
-                     self.keep)
-
-
-def collate(encoded: list[tuple[list[int], int]], pad_id: int, *, left: bool = True) -> Batch:
-    """Pad ``(input_ids, n_context)`` rows into a ``Batch``; ``left`` puts the padding first."""
-    import torch
-
-    width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-    for b, (ids, n_ctx) in enumerate(encoded):
-        start = width - len(ids) if left else 0
-        t = torch.tensor(ids, dtype=torch.long)
-        input_ids[b, start:start + len(ids)] = t
-        attention[b, start:start + len(ids)] = 1
-        labels[b, start + n_ctx:start + len(ids)] = t[n_ctx:]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0) if left else None
-    keep = max(len(ids) - n_ctx for ids, n_ctx in encoded)
-    return Batch(input_ids, attention, labels, position_ids, keep)
-
-
-def answer_loss(model, batch: Batch, keep_arg: str | None):
-    """Mean cross-entropy over the answer tokens of a batch: the loss of ``model(labels=...)``.
-
-    A left-padded batch asks the model for logits at its last ``keep + 1``
-    positions only (``keep_arg``, e.g. ``logits_to_keep``): every answer token
-    is predicted from there, and the vocabulary projection of the context
-    positions, which the loss ignores, is never computed.
-    """
-    import torch.nn.functional as F
-
-    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.position_ids is None or keep_arg is None:
-        return model(**kwargs, labels=batch.labels).loss
-    kwargs["position_ids"] = batch.position_ids
-    kwargs[keep_arg] = batch.keep + 1
-    logits = model(**kwargs).logits[:, :-1].float()
-    targets = batch.labels[:, -batch.keep:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """True on CPUs with bf16 matrix units (AMX), where bf16 matrix products run several times faster."""
-    import torch
-
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
-
-
-def trial_precision(cfg: TrialConfig, use_gpu: bool) -> str:
-    """The precision this process trains ``cfg`` in (``dtype: auto`` looks at the hardware)."""
-    return cfg.resolved_dtype(use_gpu, cpu_bf16=not use_gpu and cpu_has_bf16_matmul())
-
-
-def deepspeed_config(cfg: TrialConfig, *, use_gpu: bool, precision: str | None = None) -> dict[str, Any]:
-    """The DeepSpeed config of a trial (optimizer AdamW through torch; scheduler given separately).
-
-    ``precision`` is ``trial_precision``'s answer (default: ``cfg.resolved_dtype(use_gpu)``). bf16
-    on a GPU is DeepSpeed's bf16 mode; on a CPU it is DeepSpeed's ``torch_autocast``: fp32
-    weights, gradients and optimizer state, with the forward's matrix products in bf16.
-    """
-    ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.batch_size * cfg.grad_accum * cfg.num_workers,
-        "optimizer": {
-            "type": "AdamW",
-            "params": {
-                "lr": cfg.learning_rate,
-                "betas": [0.9, 0.999],
-                "eps": 1e-8,
-                "weight_decay": cfg.weight_decay,
-                # DeepSpeed's fused/CPU Adam need compiled ops; torch's AdamW runs everywhere.
-                "torch_adam": True,
-            },
-        },
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if cfg.max_grad_norm > 0:
-        ds["gradient_clipping"] = cfg.max_grad_norm
-    dtype = precision or cfg.resolved_dtype(use_gpu)
-    if dtype == "bf16" and use_gpu:
-        ds["bf16"] = {"enabled": True}
-    elif dtype == "bf16":
-        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
-    elif dtype == "fp16":
-        ds["fp16"] = {"enabled": True, "loss_scale": 0}
-    return ds
 
 
 def _peak_rss_mb() -> float:
@@ -258,6 +90,18 @@ class _Collectives:
         if self.world > 1:
             torch.distributed.all_reduce(t)
         return t.tolist()
+
+    def sum_tensors(self, tensors) -> None:
+        """Sum each tensor across ranks, in place."""
+        import torch
+
+        if self.world > 1:
+            for t in tensors:
+                torch.distributed.all_reduce(t)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (every rank must call it)."""
+        return self.sum([float(flag)])[0] > 0 if self.world > 1 else flag
 
     def gather_object(self, value: Any) -> list[Any]:
         import torch
@@ -420,6 +264,11 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
+            marker = Path(ckpt_dir) / DIVERGED_FILE
+            if marker.exists():  # a diverged run ends as it ended; its weights are never trained on
+                diverged = json.loads(marker.read_text())
+                ray.train.report(diverged, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
+                return
             _, client = engine.load_checkpoint(ckpt_dir, load_module_strict=dense)
         state.update({k: client[k] for k in state if k in client})
         state["resumed_from_step"] = client["step"]
@@ -447,8 +296,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     loss_sum, loss_count = 0.0, 0
     first_probe_pending = checkpoint is None and cfg.fault_probe_dir is not None
+    last_predictions: list[dict] = []  # the latest evaluation's, kept for a divergence report
+    diverged = None
     engine.train()
-    while state["step"] < total:
+    while state["step"] < total and diverged is None:
         t0 = time.perf_counter()
         for accum in range(cfg.grad_accum):
             micro = state["step"] * cfg.grad_accum + accum
@@ -463,11 +314,24 @@ def train_loop_per_worker(config: dict) -> None:
                 lm_loss = answer_loss(engine, batch, opts["keep_arg"] if left_pad else None)
                 # The load-balancing term (0 unless an aux_loss_coef is set) joins the LM loss.
                 loss = lm_loss + mor1e.aux_loss(module).to(lm_loss.device)
+            # A non-finite loss or gradient norm stops the trial at once: nothing after it is trained or scored.
+            diverged = _nonfinite("loss", float(loss.detach()), state["step"] + 1, comm)
+            if diverged:
+                break
+            boundary = engine.is_gradient_accumulation_boundary()
             engine.backward(loss)
+            own_norm = _grad_norm(module) if boundary and cfg.zero_stage == 0 else None
             engine.step()
+            if boundary:
+                norm = own_norm if own_norm is not None else engine.get_global_grad_norm()
+                diverged = _nonfinite("gradient norm", norm, state["step"] + 1, comm)
+                if diverged:
+                    break
             loss_sum += float(lm_loss.detach())
             loss_count += 1
             state["tokens"] += float(batch.attention_mask.sum())
+        if diverged:
+            break
         state["step"] += 1
         state["train_time_s"] += time.perf_counter() - t0
         if state["time_to_first_step_s"] is None:
@@ -487,31 +351,76 @@ def train_loop_per_worker(config: dict) -> None:
                 "devices_per_worker": devices_per_worker,
                 "tokens": comm.sum([state["tokens"]])[0],
             }
-            predictions = _score(evaluate, data, cfg, metrics, final=last)
+            last_predictions = _score(evaluate, data, cfg, metrics, final=last, module=module, comm=comm,
+                                      device=device)
             if last:
                 metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
-            save_and_report(metrics, predictions, final=last)
+            save_and_report(metrics, last_predictions, final=last)
             if first_probe_pending:
                 first_probe_pending = False
                 _fault_probe(cfg, rank)
+    if diverged:
+        metrics = {"step": state["step"], "total_steps": total, "diverged": diverged, "precision": precision,
+                   "devices_per_worker": devices_per_worker, "tokens": comm.sum([state["tokens"]])[0]}
+        _report_divergence(metrics, last_predictions, rank=rank)
     mor1e.set_intuition(module, None)
 
 
-def _score(evaluate, data: TrialData, cfg: TrialConfig, metrics: dict, *, final: bool) -> list[dict]:
+def _score(evaluate, data: TrialData, cfg: TrialConfig, metrics: dict, *, final: bool, module=None,
+           comm: _Collectives | None = None, device=None) -> list[dict]:
     """Score what this evaluation scores into ``metrics``; return the per-example predictions.
 
     Selection at every evaluation, the report split at the end, each only if the trial scores it.
+    The final evaluation also records how the routers route (``mor1e.router_telemetry``: forward
+    hooks on the scoring passes themselves, no extra forward), summed over ranks.
     """
+    import mor1e
+
     predictions: list[dict] = []
-    if "selection" in cfg.scored_roles:
-        selection, rows = evaluate(data.selection, data.selection_scores, "selection")
-        metrics.update(selection_accuracy=mean_accuracy(selection), selection=selection)
-        predictions += rows
-    if final and "report" in cfg.scored_roles:
-        report, rows = evaluate(data.report, data.report_scores, "report")
-        metrics.update(report=report, report_accuracy=mean_accuracy(report))
-        predictions += rows
+    telemetry = mor1e.router_telemetry(module) if final and module is not None else contextlib.nullcontext()
+    with telemetry as routers:
+        if "selection" in cfg.scored_roles:
+            selection, rows = evaluate(data.selection, data.selection_scores, "selection")
+            metrics.update(selection_accuracy=mean_accuracy(selection), selection=selection)
+            predictions += rows
+        if final and "report" in cfg.scored_roles:
+            report, rows = evaluate(data.report, data.report_scores, "report")
+            metrics.update(report=report, report_accuracy=mean_accuracy(report))
+            predictions += rows
+    if routers is not None:
+        counts = routers.counts(device)
+        comm.sum_tensors(counts.tensors())  # every rank scored its own shard
+        metrics.update(counts.summary())
     return predictions
+
+
+def _nonfinite(what: str, value, step: int, comm: _Collectives) -> str | None:
+    """The divergence reason when ``value`` is not finite on any rank, else None (every rank calls it)."""
+    bad = value is not None and not math.isfinite(float(value))
+    if not comm.any(bad):
+        return None
+    return f"non-finite {what} ({float(value) if bad else 'on another rank'}) at step {step}"
+
+
+def _grad_norm(module) -> float | None:
+    """L2 norm of the trainable parameters' gradients (ZeRO-0, where DeepSpeed does not keep it)."""
+    import torch
+
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.requires_grad and p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+
+
+def _report_divergence(metrics: dict, predictions: list[dict], *, rank: int) -> None:
+    """Report a diverged run with a marker checkpoint, no weights: a restart ends at once (see resume),
+    and the driver records the trial as failed. The latest evaluation's predictions ride along."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="mor1e-diverged-") as tmp:
+        if rank == 0:
+            (Path(tmp) / DIVERGED_FILE).write_text(json.dumps(metrics, default=float))
+            if predictions:
+                write_examples(Path(tmp) / EXAMPLES_FILE, predictions)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
 def _final_metrics(state: dict, trainable_params: int, comm: _Collectives, entered_at: float) -> dict:

@@ -161,3 +161,11 @@ def test_dirty_flag_follows_the_working_tree(tmp_path):
     assert provenance(tmp_path)["git_dirty"] is False
     (tmp_path / "f").write_text("b")
     assert provenance(tmp_path)["git_dirty"] is True
+
+
+def test_telemetry_columns_are_the_statistics_mor1e_names():
+    import mor1e
+    from harness.records import TELEMETRY_KEYS
+
+    assert TELEMETRY_KEYS == mor1e.TELEMETRY_KEYS
+    assert set(TELEMETRY_KEYS) <= set(LEADERBOARD_COLUMNS)

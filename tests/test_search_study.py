@@ -149,6 +149,13 @@ def test_leaderboard_rows_and_statuses(study_s1, results):
         score = done.groupby("trial_id").accuracy.mean()
         best = set(done[done.trial_id.isin(score[score == score.max()].index)].hparams_json)
         assert rows.hparams_json.nunique() == 1 and rows.hparams_json.iloc[0] in best  # chosen on selection
+    # router telemetry from each trial's final scoring: in [0, 1] for MoR1E, null for LoRA (no routers)
+    telemetry = ["router_gate_mean", "router_load_entropy", "router_max_share", "router_dead_fraction",
+                 "router_token_entropy"]
+    done = s1[s1.status == "completed"]
+    routed = done[done.method == "mor1e"][telemetry]
+    assert routed.notna().all().all() and ((routed >= 0) & (routed <= 1)).all().all(), routed
+    assert done[done.method == "lora"][telemetry].isna().all().all()
     # cost: every trial that ran records its device-seconds and trained tokens
     ran = s1[s1.phase.isin(["search", "final"])]
     assert (ran.device_s > 0).all() and (ran.train_tokens > 0).all(), ran[["trial_id", "device_s", "train_tokens"]]
@@ -230,3 +237,29 @@ def test_a_trial_past_its_deadline_is_recorded_failed_and_the_study_ends(tmp_pat
     assert "trial_timeout_s=2s" in rows.status_reason.iloc[0], rows.status_reason.iloc[0]
     assert "final: lora has no completed search trial" in run.stdout
     print(f"\nstudy with a 2 s trial deadline ended in {elapsed:.0f}s")
+
+
+def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(tmp_path):
+    """An absurd learning rate makes the loss non-finite: the trial stops at once, is recorded failed with
+    the step and the reason, is not restarted from its checkpoints, and the next trial still runs."""
+    results = tmp_path / "results"
+    config = _profile(tmp_path / "nan.yaml", study="nan", methods=["lora"], trials_per_method=2,
+                      search={"algorithm": "random", "scheduler": "none", "seed": 0},
+                      overrides={"lora": {"learning_rate": {"value": 1.0e30}}})
+    run = subprocess.run([*SEARCH, "--config", config, "--results-dir", str(results)], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = read_rows(results / "leaderboard.parquet").to_pandas()
+    search = rows[rows.phase == "search"]
+    assert search.trial_id.nunique() == 2  # the search went on after the first divergence
+    assert (search.status == "failed").all()
+    for reason in search.status_reason:
+        assert re.fullmatch(r"diverged: non-finite (loss|gradient norm) \(\S+\) at step \d+", reason), reason
+    assert (search.role != "report").all()
+    # Not restarted: each trial's Train run ends in a checkpoint that holds the marker and no weights.
+    for trial_id in search.trial_id.unique():
+        checkpoints = sorted((results / "ray" / "nan" / "train" / trial_id).glob("checkpoint_*"))
+        assert checkpoints, trial_id
+        last = checkpoints[-1]
+        assert (last / "diverged.json").exists() and not list(last.rglob("*model_states.pt"))
+    assert "final: lora has no completed search trial" in run.stdout

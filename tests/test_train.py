@@ -8,16 +8,15 @@ import pytest
 
 from harness.data import DATASETS, Example
 from harness.trial import DEFAULT_STEPS, TrialConfig
-from harness.worker import (
+from harness.training import (
     answer_loss,
     batch_indices,
     collate,
     deepspeed_config,
     encode_training_example,
-    evaluate_split,
     lr_multiplier,
-    mean_accuracy,
 )
+from harness.worker import evaluate_split, mean_accuracy
 
 
 # ---------------------------------------------------------------- TrialConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.trial import TrialConfig
-from harness.worker import trial_precision
+from harness.training import trial_precision
 
 pytestmark = pytest.mark.slow
 

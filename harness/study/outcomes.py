@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.predictions import EXAMPLES_FILE, append_predictions, identified, read_examples
-from harness.records import append_rows, device_seconds, read_rows, row_template
+from harness.records import TELEMETRY_KEYS, append_rows, device_seconds, read_rows, row_template
 from harness.searchspace import DATASETS, Space, num_experts
 from harness.study.plan import METRIC, Plan, one_line, trial_point
 
@@ -84,6 +84,7 @@ def trial_records(
         worker_nodes=",".join(metrics.get("worker_nodes") or []) or None,
         device_s=device_seconds(wall_s, p.resources["num_workers"], metrics.get("devices_per_worker")),
         train_tokens=_int(metrics.get("tokens")),
+        **{k: _float(metrics.get(k)) for k in TELEMETRY_KEYS},
     )
     rows = []
     for role in roles:
@@ -168,6 +169,9 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error, *, 
     learning_rate, hparams, seed = trial_point(method, space.params if space else None, seed, config or {})
     if error is not None:
         status, reason = "failed", error
+        roles = ("selection",)
+    elif result.get("diverged"):
+        status, reason = "failed", f"diverged: {result['diverged']}"
         roles = ("selection",)
     elif result.get("done_final"):
         status, reason = "completed", None

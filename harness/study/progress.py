@@ -54,6 +54,25 @@ def short(v):
     return f"{v:.3g}" if isinstance(v, float) else v
 
 
+# Routing has collapsed when more than this share of a router's experts get almost no load.
+COLLAPSE_DEAD_FRACTION = 0.5
+
+
+def routing_note(metrics: dict) -> str:
+    """How the trial's routers routed in its final scoring (", routers: ..."), with a warning on collapse."""
+    keys = ("router_load_entropy", "router_max_share", "router_dead_fraction", "router_token_entropy",
+            "router_gate_mean")
+    if all(metrics.get(k) is None for k in keys):
+        return ""
+    names = {"router_load_entropy": "load entropy", "router_max_share": "max share",
+             "router_dead_fraction": "dead", "router_token_entropy": "token entropy", "router_gate_mean": "gate"}
+    shown = ", ".join(f"{names[k]} {metrics[k]:.2f}" for k in keys if metrics.get(k) is not None)
+    dead = metrics.get("router_dead_fraction")
+    warning = (f"; WARNING: routing collapsed ({100 * dead:.0f}% of experts get almost no load)"
+               if dead is not None and dead > COLLAPSE_DEAD_FRACTION else "")
+    return f", routers: {shown}{warning}"
+
+
 # The live Progress of this process. Callbacks look it up here at call time
 # rather than holding it: Tune pickles its callbacks into tuner.pkl, and a
 # restored (resumed) Tuner must report to the new run's progress, not a copy.

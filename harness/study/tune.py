@@ -20,7 +20,7 @@ from harness.background import Background
 from harness.searchspace import Space
 from harness.study.outcomes import per_dataset, reconcile, record_trial, recorded_outcomes, trial_error
 from harness.study.plan import METRIC, Plan, make_trial_config, trial_point
-from harness.study.progress import Progress, current, short
+from harness.study.progress import Progress, current, routing_note, short
 
 # Seconds between sweeps for placement groups that dead Train controllers left behind.
 ORPHAN_SWEEP_S = 10.0
@@ -80,7 +80,8 @@ def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, s
     # merges reports, and Train's returned metrics are those of the last
     # *checkpointed* report, which an evaluate-only (zeroshot) run never makes.
     final = {k: v for k, v in _json_safe(result).items() if v is not None}
-    final["done_final"] = True
+    # A diverged run ended early on purpose (harness.worker): recorded failed, not run to the end.
+    final["done_final"] = not final.get("diverged")
     final["driver_node"] = ray.get_runtime_context().get_node_id()
     final["wall_s"] = time.time() - start
     tune.report(final)
@@ -156,7 +157,7 @@ class RecordAndReport(Callback):
         progress.line(f"{self.method} {self.phase} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
                       + (f", selection {100 * score:.1f}%" if score is not None else "")
                       + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and self.phase != "search"
-                         else ""))
+                         else "") + routing_note(result))
         progress.line(progress.status())
 
 
