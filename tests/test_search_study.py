@@ -258,7 +258,8 @@ def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(tmp_path):
     assert (search.role != "report").all()
     # Not restarted: each trial's Train run ends in a checkpoint that holds the marker and no weights.
     for trial_id in search.trial_id.unique():
-        checkpoints = sorted((results / "ray" / "nan" / "train" / trial_id).glob("checkpoint_*"))
+        checkpoints = sorted(p for p in (results / "ray" / "nan" / "train" / trial_id).glob("checkpoint_*")
+                             if p.is_dir())
         assert checkpoints, trial_id
         last = checkpoints[-1]
         assert (last / "diverged.json").exists() and not list(last.rglob("*model_states.pt"))

@@ -107,6 +107,9 @@ def quiet_logs() -> None:
     # Tune's own Ctrl-C handler ends only the current Tuner, and the study would
     # go on to the next method; a Ctrl-C should stop the study (--resume continues it).
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # A diverged trial's last report carries no selection score (it stopped before it could be
+    # scored); the searcher and ASHA skip such reports (harness.study.sampler.StudySearch).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

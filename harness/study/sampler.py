@@ -93,17 +93,26 @@ def _from_unit(dist, u: float):
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch that ignores results for an Optuna trial its SQLite study already closed.
+    """OptunaSearch for a study's trials.
 
-    That happens only on resume, when a trial finished in the interrupted run is
-    replayed (see trial_driver); the study keeps the first, real outcome.
+    - It ignores results for an Optuna trial its SQLite study already closed. That happens
+      only on resume, when a trial finished in the interrupted run is replayed (see
+      trial_driver); the study keeps the first, real outcome.
+    - A report without the selection metric (a diverged run's, which stopped before it could
+      be scored) is no intermediate value, and the trial ends as FAIL in Optuna: its sampler
+      learns nothing from a run that produced no score.
     """
 
     def on_trial_result(self, trial_id: str, result: dict):
+        if METRIC not in result:
+            return
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        super().on_trial_complete(trial_id, result, error=error or bool((result or {}).get("diverged")))
 
 
 def optuna_space(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
