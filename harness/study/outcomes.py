@@ -64,6 +64,7 @@ def trial_records(
     p = plan.profile
     metrics = metrics or {}
     common = dict(
+        **study_provenance(plan, method, metrics),
         study=plan.study, method=method, trial_id=trial_id, status=status, status_reason=status_reason,
         trainable_params=_int(metrics.get("trainable_params")),
         num_experts=_int(num_experts(method, hparams)),
@@ -93,6 +94,19 @@ def trial_records(
         rows.append(row_template(**common, dataset=None, split=None, role=None, accuracy=None,
                                  acc_norm=None, n_examples=None))
     return rows
+
+
+def study_provenance(plan: Plan, method: str, metrics: dict) -> dict[str, Any]:
+    """The provenance columns every row of the study carries (see harness.provenance)."""
+    from harness.provenance import scoring_precision
+
+    return dict(
+        data_source=plan.data_source(),
+        budget_json=plan.budget_json(method, _int(metrics.get("total_steps"))),
+        profile_sha256=plan.profile_sha256(),
+        profile_override=plan.profile_override,
+        scoring_precision=scoring_precision(metrics, method=method, use_gpu=bool(plan.profile.resources["use_gpu"])),
+    )
 
 
 def trial_error(trial) -> str:
@@ -174,7 +188,7 @@ def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[st
             metrics[METRIC] = float(sel.mean())
         extras = dict(step=_int(first.steps), trainable_params=_int(first.trainable_params),
                       tokens_per_s=_float(first.tokens_per_s), peak_rss_mb=_float(first.peak_rss_mb),
-                      precision=first.precision)
+                      precision=first.precision, scoring_precision=first.scoring_precision)
         metrics.update({k: v for k, v in extras.items() if v is not None})
         if first.status == "completed":
             metrics["done_final"] = True
@@ -217,6 +231,7 @@ def reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int) ->
         return False
     rows = []
     for rec in src.to_dict("records"):
+        # The numbers, and so their provenance (code, data, budget, profile hash), are the search trial's.
         rec = {k: (None if is_missing(v) else v) for k, v in rec.items()}
         rec.update(trial_id=final_id, phase="final",
                    status_reason=f"reuses search trial {trial_id} (same config and seed)")
