@@ -474,12 +474,12 @@ def parse_profile(
     spaces = {m: method_space(m) for m in methods}
     budget = None
     if raw.get("param_budget") is not None:
-        budget = _parse_budget(raw["param_budget"], source, spaces, method_space, max_clusters)
+        budget = _parse_budget(raw["param_budget"], source, spaces, method_space)
     name = Path(source).stem
     return Profile(name=name, source=source, raw=raw, spaces=spaces, budget=budget)
 
 
-def _parse_budget(spec: Any, source: str, spaces: dict[str, Space], method_space, max_clusters) -> ParamBudget:
+def _parse_budget(spec: Any, source: str, spaces: dict[str, Space], method_space) -> ParamBudget:
     where = f"{source}: param_budget"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping, e.g. {{match: mor1e, tolerance: 0.25}}")
@@ -506,8 +506,8 @@ def _parse_budget(spec: Any, source: str, spaces: dict[str, Space], method_space
         if not isinstance(at, dict):
             raise ConfigError(f"{where}.at: expected a mapping of {match} hyperparameters, got {at!r}")
         _unknown(at, METHOD_PARAMS[match] - {"learning_rate"}, f"{where}.at")
-        for key, value in at.items():
-            _check_values(match, Param(key, "fixed", value=value), f"{where}.at", max_clusters)
+        for key, value in at.items():  # only counted, never trained: no bound from the training examples
+            _check_values(match, Param(key, "fixed", value=value), f"{where}.at", None)
         budget.at = dict(at)
     if spec.get("model_config") is not None:
         value = spec["model_config"]
