@@ -16,7 +16,7 @@ from harness import search
 from harness.data import write_synthetic
 from harness.provenance import data_source, scoring_precision, trial_budget
 from harness.records import append_rows, read_rows
-from harness.study.outcomes import trial_records
+from harness.study.outcomes import reuse_search_trial, trial_records
 from harness.study.plan import build_plan, write_twins
 from harness.train import trial_rows
 from harness.trial import TrialConfig
@@ -206,6 +206,11 @@ def test_accepting_a_changed_profile_is_recorded_on_later_rows(recorded, capsys)
                          learning_rate=1e-3, hparams={"rank": 8, "alpha": 16.0}, seed=0, metrics=METRICS)
     assert {(r["profile_sha256"], r["profile_override"]) for r in rows} == {(plan.profile_sha256(), hash_a)}
     append_rows(plan.leaderboard_path, rows)
+    # a final row that reuses t1 (trained under A) is recorded now, under B, naming A
+    assert reuse_search_trial(plan, read_rows(plan.leaderboard_path).to_pandas(), "lora", "t1", 0)
+    final = read_rows(plan.leaderboard_path).to_pandas().query("phase == 'final'")
+    assert len(final) == 2 and (final.accuracy == 0.5).all()
+    assert set(zip(final.profile_sha256, final.profile_override)) == {(plan.profile_sha256(), hash_a)}
     # a later plain --resume continues under B without the flag, still naming the hash B replaced
     again = build_plan(args_for(b, results, resume=True))
     assert again.profile_override == hash_a

@@ -231,10 +231,12 @@ def reuse_search_trial(plan: Plan, df, method: str, trial_id: str, seed: int) ->
         return False
     rows = []
     for rec in src.to_dict("records"):
-        # The numbers, and so their provenance (code, data, budget, profile hash), are the search trial's.
+        # The numbers, and so their code, data and budget, are the search trial's; the record is made
+        # by this run, under its profile (a resume that accepted a changed profile says so).
         rec = {k: (None if is_missing(v) else v) for k, v in rec.items()}
         rec.update(trial_id=final_id, phase="final",
-                   status_reason=f"reuses search trial {trial_id} (same config and seed)")
+                   status_reason=f"reuses search trial {trial_id} (same config and seed)",
+                   profile_sha256=plan.profile_sha256(), profile_override=plan.profile_override)
         rec["created_at"] = row_template()["created_at"]
         rows.append(rec)
     append_rows(plan.leaderboard_path, rows, dedupe=True)

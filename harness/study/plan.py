@@ -70,7 +70,6 @@ class Plan:
         )
         return kwargs
 
-
     def resolved_profile(self) -> dict:
         """The profile as the study runs it: every default filled in, each method's space after the
         profile's overrides and the parameter band, and the band itself. What the profile hash covers."""
