@@ -103,17 +103,25 @@ def num_experts(method: str, hparams: dict[str, Any] | None = None) -> int | Non
 
 def count_trainable_params(model, method: str, hparams: dict[str, Any] | None = None) -> int:
     """Trainable parameters of ``method`` with ``hparams`` on ``model`` (a name for
-    harness.models.load_model_config, or a ``PretrainedConfig``), built on the meta device."""
+    harness.models.load_model_config, or a ``PretrainedConfig``), built on the meta device.
+
+    While the adapters are built, torch's initialisers are no-ops process-wide (transformers'
+    ``no_init_weights``): do not count while another thread initialises a real model."""
     import torch
 
     from harness.models import empty_model, load_model_config
 
+    from transformers.initialization import no_init_weights
+
     method_config(method, hparams)  # bad method or hparams: ValueError before any building
     config = load_model_config(model) if isinstance(model, str) else model
     module = empty_model(config)
-    # Adapter tensors created inside the context land on the meta device too (peft makes its
-    # own nn.Linear layers before moving them next to their base layer).
-    with torch.device("meta"):
+    # Adapter tensors created inside the context land on the meta device too (peft makes its own
+    # nn.Linear layers before moving them next to their base layer); their initialisers, which only
+    # cost time there (torch runs uniform_ on meta tensors through Python), are skipped. Neither
+    # changes a shape or what trains. (The base model is built without skipping: its init ties
+    # the embeddings.)
+    with no_init_weights(), torch.device("meta"):
         apply_method(module, method, hparams)
     return mor1e.count_trainable(module)
 

@@ -222,7 +222,9 @@ def load_model_config(name: str, *, trust_remote_code: bool = False):
 
 
 def empty_model(config) -> torch.nn.Module:
-    """The causal LM of ``config`` on the meta device: every tensor has a shape and no storage."""
+    """The causal LM of ``config`` on the meta device: every tensor has a shape and no storage.
+
+    Built the ordinary way (transformers' weight init included: it also ties the embeddings)."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
