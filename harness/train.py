@@ -254,10 +254,17 @@ def _fit_with_progress(trainer, queue):
 
 def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: str, status: str,
                status_reason: str | None = None, phase: str = "single",
-               roles: tuple[str, ...] = ("selection", "report"), wall_s: float | None = None) -> list[dict]:
-    """Leaderboard rows for one trial: one per (dataset, role) with numbers, or one bare row (failed)."""
+               roles: tuple[str, ...] = ("selection", "report"), wall_s: float | None = None,
+               data_source: dict | None = None) -> list[dict]:
+    """Leaderboard rows for one trial: one per (dataset, role) with numbers, or one bare row (failed).
+
+    ``data_source``: harness.provenance.data_source of the data the trial read (computed while that
+    data exists; the CLI's twins live in a temp dir). A single trial has no profile, so its rows
+    leave ``profile_sha256`` null.
+    """
     from harness.data import split_name
     from harness.methods import method_config, num_experts
+    from harness.provenance import scoring_precision, to_json, trial_budget
     from harness.records import TELEMETRY_KEYS, device_seconds, row_template
 
     result = result or {}
@@ -285,6 +292,10 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
         wall_s=num(wall_s if wall_s is not None else result.get("wall_s"), float),
         train_tokens=num(result.get("tokens"), int),
         **{k: num(result.get(k), float) for k in TELEMETRY_KEYS},
+        data_source=to_json(data_source),
+        budget_json=to_json(trial_budget(cfg, total_steps=num(result.get("total_steps"), int))),
+        scoring_precision=scoring_precision(result, method=cfg.method,
+                                            use_gpu=result.get("use_gpu", cfg.use_gpu)),
     )
     common["device_s"] = device_seconds(common["wall_s"], cfg.num_workers, result.get("devices_per_worker"))
     rows = []
@@ -427,15 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     from harness.ray_env import init_ray
     from harness.records import append_rows
 
+    from harness.provenance import data_source
+
     trial_id = f"{cfg.method}-{secrets.token_hex(4)}"
     with contextlib.ExitStack() as stack:
+        synthetic = None
         if cfg.data_dir is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mor1e-twins-"))
-            write_synthetic(tmp, seed=0, n_train=args.synthetic_train, n_validation=args.synthetic_validation,
-                            datasets=cfg.datasets)
+            synthetic = {"seed": 0, "n_train": args.synthetic_train, "n_validation": args.synthetic_validation}
+            write_synthetic(tmp, datasets=cfg.datasets, **synthetic)
             cfg = TrialConfig.from_dict({**cfg.to_dict(), "data_dir": tmp})
             print(f"data: synthetic twins ({args.synthetic_train} train / {args.synthetic_validation} "
                   f"report rows each)", flush=True)
+        source = data_source(cfg.datasets, data_dir=cfg.data_dir, synthetic=synthetic)
         try:
             data = prepare_data(cfg)
         except (DataError, ValueError, FileNotFoundError) as exc:
@@ -458,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.time() - start
     rows = trial_rows(cfg if args.data_dir else TrialConfig.from_dict({**cfg.to_dict(), "data_dir": None}),
                       result, study=args.study, trial_id=trial_id, status=status, status_reason=reason,
-                      wall_s=wall)
+                      wall_s=wall, data_source=source)
     if status == "completed":  # the rows of a failed trial carry no accuracies to back
         append_predictions(out / PREDICTIONS_FILE, trial_predictions(cfg, result, study=args.study,
                                                                      trial_id=trial_id))

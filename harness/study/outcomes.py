@@ -66,6 +66,7 @@ def trial_records(
     p = plan.profile
     metrics = metrics or {}
     common = dict(
+        **study_provenance(plan, method, phase, metrics),
         study=plan.study, method=method, trial_id=trial_id, status=status, status_reason=status_reason,
         trainable_params=_int(metrics.get("trainable_params")),
         num_experts=_int(num_experts(method, hparams)),
@@ -130,6 +131,19 @@ class Outcome:
         if self.predictions:
             append_predictions(plan.predictions_path, self.predictions, dedupe=True)
         append_rows(plan.leaderboard_path, self.rows, dedupe=True)
+
+
+def study_provenance(plan: Plan, method: str, phase: str, metrics: dict) -> dict[str, Any]:
+    """The provenance columns every row of the study carries (see harness.provenance)."""
+    from harness.provenance import scoring_precision
+
+    return dict(
+        data_source=plan.data_source(),
+        budget_json=plan.budget_json(method, phase, _int(metrics.get("total_steps"))),
+        profile_sha256=plan.profile_sha256(),
+        profile_override=plan.profile_override,
+        scoring_precision=scoring_precision(metrics, method=method, use_gpu=bool(plan.profile.resources["use_gpu"])),
+    )
 
 
 def trial_error(trial) -> str:
@@ -215,7 +229,7 @@ def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[st
             metrics[METRIC] = float(sel.mean())
         extras = dict(step=_int(first.steps), trainable_params=_int(first.trainable_params),
                       tokens_per_s=_float(first.tokens_per_s), peak_rss_mb=_float(first.peak_rss_mb),
-                      precision=first.precision)
+                      precision=first.precision, scoring_precision=first.scoring_precision)
         metrics.update({k: v for k, v in extras.items() if v is not None})
         if first.status == "completed":
             metrics["done_final"] = True

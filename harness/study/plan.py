@@ -1,14 +1,17 @@
 """The plan of a study: a profile turned into everything a study needs, checked before Ray starts.
 
-Owns the ``Plan`` (profile, study name, results and data dirs), every input check that
-``python harness/search.py`` makes before it starts anything (one ``ConfigError`` line each),
-how a trial's config is built from the plan and a sampled point, and writing the twins.
+Owns the ``Plan`` (profile, study name, results and data dirs, parameter band, profile hash),
+every input check that ``python harness/search.py`` makes before it starts anything (one
+``ConfigError`` line each), how a trial's config is built from the plan and a sampled point,
+the provenance every row of the study carries, and writing the twins.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +22,7 @@ from harness import leaderboard
 from harness.predictions import PREDICTIONS_FILE
 from harness.records import read_rows
 from harness.searchspace import ConfigError, Profile, Space, expand_params, load_profile
+from harness.study.budget import ADAPTERS, Band, counter_for, resolve_band, restrict_spaces
 
 METRIC = "selection_accuracy"
 # What each phase scores (TrialConfig.scored_roles).
@@ -36,6 +40,11 @@ class Plan:
     synthetic: bool
     address: str | None
     resume: bool
+    band: Band | None = None
+    """The parameter band of a parameter-matched study (``param_budget``), with every adapter's sizes."""
+    profile_override: str | None = None
+    """Set when --resume accepted a changed profile: the profile hash the study ran under before."""
+    _memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def leaderboard_path(self) -> Path:
@@ -75,6 +84,40 @@ class Plan:
         if phase == "final":
             kwargs.update(eval_every=0, checkpoint_every=None)
         return kwargs
+
+    def resolved_profile(self) -> dict:
+        """The profile as the study runs it: every default filled in, each method's space after the
+        profile's overrides and the parameter band, and the band itself. What the profile hash covers."""
+        raw = {k: v for k, v in self.profile.raw.items() if k != "description"}
+        spaces = {m: {name: dataclasses.asdict(p) for name, p in sorted(space.params.items())}
+                  for m, space in sorted(self.profile.spaces.items())}
+        return {"profile": raw, "spaces": spaces, "param_band": self.band.to_json() if self.band else None}
+
+    def profile_sha256(self) -> str:
+        """sha256 of ``resolved_profile()`` as canonical JSON: the same for the same profile whatever its
+        key order or comments; a changed value, range, space file or band changes it."""
+        text = json.dumps(self.resolved_profile(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def data_source(self) -> str:
+        """``data_source`` of every row (JSON), computed once, when the first row is recorded (the twins
+        are written after planning)."""
+        if "data_source" not in self._memo:
+            from harness.provenance import data_source, to_json
+
+            synthetic = self.profile.data if self.synthetic else None
+            self._memo["data_source"] = to_json(data_source(self.profile.datasets, data_dir=self.data_dir,
+                                                            synthetic=synthetic))
+        return self._memo["data_source"]
+
+    def budget_json(self, method: str, phase: str, total_steps: int | None = None) -> str:
+        """``budget_json`` of a row of ``method`` in ``phase``: the shared training budget and the parameter band."""
+        from harness.provenance import to_json, trial_budget
+        from harness.trial import TrialConfig
+
+        cfg = TrialConfig(**self.base_trial(method, phase))
+        band = (self.band.low, self.band.high) if self.band else None
+        return to_json(trial_budget(cfg, total_steps=total_steps, band=band, param_matched=method in ADAPTERS))
 
 
 def make_trial_config(base: dict, *, learning_rate: float | None, hparams: dict, seed: int):
@@ -200,6 +243,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
     existing = leaderboard.load(results_dir) if plan.leaderboard_path.exists() else None
     study_recorded = existing is not None and (existing.study == study).any()
+    accept_changed = bool(getattr(args, "accept_changed_profile", False))
+    if accept_changed and not args.resume:
+        raise ConfigError("--accept-changed-profile only applies with --resume")
     if args.resume:
         if not plan.ray_dir.exists() and not study_recorded:
             raise ConfigError(f"nothing to resume: no study {study!r} in {results_dir}")
@@ -207,6 +253,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(
             f"study {study!r} already exists in {results_dir}; pass --resume to continue it or --study NEW"
         )
+
+    # Parameter-matched search: restrict every adapter's sizes to the band, counting on the meta device.
+    if profile.budget is not None:
+        counter = counter_for(profile)
+        plan.band = resolve_band(profile, counter)
+        restrict_spaces(profile, plan.band, counter)
 
     # Every method's trial config must construct: catches bad training keys and values now.
     for method, space in profile.spaces.items():
@@ -221,7 +273,33 @@ def build_plan(args: argparse.Namespace) -> Plan:
             make_trial_config(plan.base_trial(method, "reference"), learning_rate=None, hparams={}, seed=0)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{profile.source}: {method}: {one_line(exc)}") from None
+
+    if args.resume and study_recorded:
+        _check_profile_unchanged(plan, existing[existing.study == study], accept_changed)
     return plan
+
+
+def _check_profile_unchanged(plan: Plan, rows, accept_changed: bool) -> None:
+    """--resume continues the profile the study ran under; a changed one needs --accept-changed-profile.
+
+    The study's newest row that records a hash is the reference. A study that already accepted a
+    change keeps recording the hash it first replaced.
+    """
+    rows = rows[rows.profile_sha256.notna()].sort_values("created_at")
+    if rows.empty:
+        return  # recorded before rows carried a profile hash: nothing to compare with
+    last = rows.iloc[-1]
+    current = plan.profile_sha256()
+    if last.profile_sha256 == current:
+        plan.profile_override = last.profile_override if isinstance(last.profile_override, str) else None
+        return
+    if not accept_changed:
+        raise ConfigError(
+            f"study {plan.study!r} ran under profile sha256 {last.profile_sha256[:12]}, but "
+            f"{plan.profile.source} (with its spaces and parameter band) now hashes to {current[:12]}; "
+            "resume it unchanged, or pass --accept-changed-profile to continue under the new profile"
+        )
+    plan.profile_override = last.profile_sha256
 
 
 def space_corner(space: Space, end: str) -> dict:

@@ -195,6 +195,11 @@ def run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_spa
         progress.line(f"{method} {phase}: resuming {path}")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
+        # tuner.pkl holds the interrupted run's callbacks and, in them, its plan; rows recorded from
+        # now on carry this run's (profile hash, an accepted profile change).
+        for callback in tuner._local_tuner.get_run_config().callbacks or []:
+            if isinstance(callback, RecordAndReport):
+                callback.plan = plan
     else:
         if path.exists():  # a start that was killed before Tune saved any state
             shutil.rmtree(path)
