@@ -348,6 +348,9 @@ def train_loop_per_worker(config: dict) -> None:
                 "loss": loss_total / max(count_total, 1.0),
                 "learning_rate": float(engine.get_lr()[0]),
                 "precision": precision,
+                # Scoring calls the module itself, outside DeepSpeed's CPU autocast: fp32 on a CPU; on a
+                # GPU the module holds its parameters in the training dtype.
+                "scoring_precision": precision if use_gpu else "fp32",
                 "devices_per_worker": devices_per_worker,
                 "tokens": comm.sum([state["tokens"]])[0],
             }
@@ -470,7 +473,7 @@ def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, rank, wo
 
     state = {"tokens": 0.0, "train_time_s": 0.0, "time_to_first_step_s": None, "resumed_from_step": None}
     metrics = {"step": 0, "total_steps": 0, "epoch": 0.0, "loss": float("nan"), "learning_rate": 0.0,
-               "precision": "fp32",  # scoring only, always fp32
+               "precision": "fp32", "scoring_precision": "fp32",  # scoring only, always fp32
                "devices_per_worker": devices_per_worker}
     predictions = _score(evaluate, data, cfg, metrics, final=True)
     metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
