@@ -21,7 +21,7 @@ from pathlib import Path
 from harness import leaderboard
 from harness.searchspace import expand_params
 from harness.study import progress
-from harness.study.phases import run_method_search
+from harness.study.phases import run_phases
 from harness.study.plan import Plan, build_plan, make_trial_config, one_line, space_corner, write_twins
 from harness.searchspace import ConfigError
 
@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = plan.profile.methods
         shown = progress.start(len(methods) * plan.profile.trials_per_method)
         start = time.time()
-        for m in methods:
-            shown.line(f"[{name}] {m}: {plan.profile.trials_per_method} trials")
-            run_method_search(plan, m, shown, algorithm=algorithm, scheduler=scheduler)
+        shown.line(f"[{name}] {', '.join(methods)}: {plan.profile.trials_per_method} trials each")
+        run_phases(plan, shown, phases=("search",), algorithm=algorithm, scheduler=scheduler)
         walls[name] = time.time() - start
 
     df = leaderboard.load(results_dir)

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.predictions import EXAMPLES_FILE, append_predictions, identified, read_examples
 from harness.records import TELEMETRY_KEYS, append_rows, device_seconds, read_rows, row_template
-from harness.searchspace import DATASETS, Space, num_experts
+from harness.searchspace import DATASETS, num_experts
 from harness.study.plan import METRIC, Plan, one_line, trial_point
 
 
@@ -173,14 +173,19 @@ def error_line(traceback_text: str) -> str:
     return line[:300]
 
 
-def record_trial(plan, method, space, seed, trial_id, config, result, error, *, phase="search",
+def record_trial(plan: Plan, trial_id: str, config: dict, result: dict, error: str | None, *, default_seed: int,
                  retried=()) -> Outcome:
     """The Outcome of a finished Tune trial: completed, pruned (ASHA) or failed.
 
+    The trial's ``config`` names its ``method`` and ``phase`` (see harness.study.sampler).
+    ``default_seed``: the training seed of trials whose config names none (search trials).
     ``retried``: the errors Tune restarted the trial after; a trial that then
     finished keeps its status, and its reason says what it survived.
     """
-    learning_rate, hparams, seed = trial_point(method, space.params if space else None, seed, config or {})
+    config = config or {}
+    method, phase = config["method"], config["phase"]
+    space = plan.profile.spaces.get(method)
+    learning_rate, hparams, seed = trial_point(method, space.params if space else None, default_seed, config)
     if error is not None:
         status, reason = "failed", error
         roles = ("selection",)
@@ -209,12 +214,12 @@ def record_trial(plan, method, space, seed, trial_id, config, result, error, *, 
     return Outcome(status, reason, rows, predictions)
 
 
-def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[str, tuple[str, str | None, dict]]:
-    """{trial_id: (status, reason, metrics as the driver reported them)} already in the leaderboard."""
+def recorded_outcomes(plan: Plan) -> dict[str, tuple[str, str | None, dict]]:
+    """{trial_id: (status, reason, metrics as the driver reported them)} the study already recorded."""
     if not plan.leaderboard_path.exists():
         return {}
     df = read_rows(plan.leaderboard_path).to_pandas()
-    df = df[(df.study == plan.study) & (df.method == method) & (df.phase == phase)]
+    df = df[df.study == plan.study]
     out = {}
     for trial_id, rows in df.groupby("trial_id"):
         first = rows.iloc[0]
@@ -237,22 +242,20 @@ def recorded_outcomes(plan: Plan, method: str, phase: str = "search") -> dict[st
     return out
 
 
-def reconcile(plan: Plan, method: str, space: Space | None, seed: int, grid, phase: str) -> None:
+def reconcile(plan: Plan, grid, *, default_seed: int) -> None:
     """Record finished trials the callback missed (a kill between Tune's snapshot and the append)."""
-    done = {t for m, t in _recorded(plan) if m == method}
+    done = _recorded(plan)
     for result in grid:
         trial_id = Path(result.path).name
-        if trial_id in done:
+        if trial_id in done or not result.config:
             continue
         error = one_line(result.error) if result.error is not None else None
-        record_trial(plan, method, space, seed, trial_id, result.config or {}, result.metrics or {}, error,
-                     phase=phase).save(plan)
+        record_trial(plan, trial_id, result.config, result.metrics or {}, error, default_seed=default_seed).save(plan)
 
 
-def _recorded(plan: Plan) -> set[tuple[str, str]]:
-    """(method, trial_id) pairs already in the leaderboard for this study."""
+def _recorded(plan: Plan) -> set[str]:
+    """Trial ids already in the leaderboard for this study."""
     if not plan.leaderboard_path.exists():
         return set()
     t = read_rows(plan.leaderboard_path).to_pandas()
-    t = t[t.study == plan.study]
-    return set(zip(t.method, t.trial_id))
+    return set(t[t.study == plan.study].trial_id)

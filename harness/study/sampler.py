@@ -1,21 +1,27 @@
-"""How a study samples: scrambled Sobol points first, then TPE, over each method's Optuna space.
+"""What a study runs next: scrambled Sobol points first, then TPE, over each method's Optuna space.
 
 Owns the sampler (``QuasiRandomThenTPE``), the translation of a search space into Optuna
-distributions, and the Ray Tune searcher (``OptunaSearch``, sampling on the driver, with the
-Optuna study kept in SQLite under the results dir so that a study can resume).
+distributions, each method's Ray Tune searcher (``OptunaSearch``, sampling on the driver, with
+the Optuna study kept in SQLite under the results dir so that a study can resume), the study's
+searcher over every phase and method (``StudySearcher``) and ASHA per method (``MethodScheduler``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
 import warnings
 from typing import Any
 
 import optuna
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.searchspace import Space
 from harness.study.plan import METRIC, Plan
+from harness.study.progress import current
 
 
 class QuasiRandomThenTPE(optuna.samplers.BaseSampler):
@@ -145,3 +151,155 @@ def make_searcher(plan: Plan, method: str, algorithm: str) -> StudySearch:
     return StudySearch(space=space, metric=METRIC, mode="max", sampler=sampler, storage=storage,
                        study_name=f"{plan.study}-{method}")
 
+
+
+# What a study runs, in this order of priority: reference runs, final runs of methods whose
+# search has ended, search trials.
+PHASES = ("reference", "search", "final")
+
+
+class StudySearcher(Searcher):
+    """Every trial of a study for one Tuner: the reference runs, each method's search trials (its
+    own Optuna study, Sobol then TPE), and each method's fresh final runs once its search has ended.
+
+    One Tuner keeps every core busy: when ASHA stops a trial, or a method's search winds down, a
+    trial of another method or a final run takes the free slot, where a Tuner per method and phase
+    would leave it idle until that Tuner's last trial ended. Each trial's config names its
+    ``method`` and ``phase``; search configs carry the sampled point, the others ``learning_rate``,
+    ``hparams`` and ``seed``. A method's finals use its best search trial, chosen on the selection
+    split from the leaderboard (harness.leaderboard.best_trials), which the recording callback has
+    written by the time Tune asks for the next trial.
+    """
+
+    def __init__(self, plan: Plan, *, phases: tuple[str, ...] = PHASES, algorithm: str | None = None):
+        super().__init__(metric=METRIC, mode="max")
+        p = plan.profile
+        self.study, self.leaderboard_dir = plan.study, plan.results_dir
+        self.reference = [dict(phase="reference", method=m, learning_rate=None, hparams={}, seed=p.final["seeds"][0])
+                          for m in (p.reference if "reference" in phases else ())]
+        self.methods = list(p.methods) if "search" in phases else []
+        self.to_suggest = {m: p.trials_per_method for m in self.methods}
+        self.to_finish = dict(self.to_suggest)
+        self.searchers = {m: make_searcher(plan, m, algorithm or p.search["algorithm"]) for m in self.methods}
+        self.final_seeds = list(p.final["seeds"]) if "final" in phases else []
+        self.finals: list[dict] = []  # final configs ready to run
+        self.finals_planned: set[str] = set()
+        self.running: dict[str, tuple[str, str]] = {}  # trial_id -> (phase, method)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return metric in (None, METRIC) and mode in (None, "max")  # each method's searcher has its space
+
+    def suggest(self, trial_id: str):
+        if self.reference:
+            config = self.reference.pop(0)
+        else:
+            self._plan_finals()
+            config = self.finals.pop(0) if self.finals else self._next_search(trial_id)
+        if config is None:
+            return Searcher.FINISHED if self._exhausted() else None
+        self.running[trial_id] = (config["phase"], config["method"])
+        return config
+
+    def _next_search(self, trial_id: str) -> dict | None:
+        """The next search trial: methods in the profile's order, each sampled by its own searcher."""
+        for method in self.methods:
+            if self.to_suggest[method] > 0:
+                point = self.searchers[method].suggest(trial_id)
+                if point is None:
+                    continue
+                self.to_suggest[method] -= 1
+                return {"phase": "search", "method": method, **point}
+        return None
+
+    def _plan_finals(self) -> None:
+        """Queue the final runs of every method whose search trials have all ended."""
+        if not self.final_seeds:
+            return
+        ended = [m for m in self.methods if self.to_finish[m] == 0 and m not in self.finals_planned]
+        if not ended:
+            return
+        from harness import leaderboard
+
+        best = leaderboard.best_trials(leaderboard.load(self.leaderboard_dir), self.study).set_index("method")
+        for method in ended:
+            self.finals_planned.add(method)
+            if method not in best.index:
+                current().line(f"final: {method} has no completed search trial; skipped")
+                continue
+            b = best.loc[method]
+            hparams = json.loads(b.hparams_json)
+            learning_rate = hparams.pop("learning_rate")
+            current().line(f"final: {method} best trial {b.trial_id} (selection {100 * b.selection_accuracy:.1f}%), "
+                           f"fresh runs with seeds {self.final_seeds}")
+            self.finals += [dict(phase="final", method=method, learning_rate=learning_rate, hparams=hparams, seed=s)
+                            for s in self.final_seeds]
+
+    def _exhausted(self) -> bool:
+        return (not self.reference and not self.finals and not any(self.to_suggest.values())
+                and (not self.final_seeds or self.finals_planned == set(self.methods)))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        phase, method = self.running.get(trial_id, (None, None))
+        if phase == "search":
+            self.searchers[method].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        phase, method = self.running.pop(trial_id, (None, None))
+        if phase == "search":
+            self.searchers[method].on_trial_complete(trial_id, result, error=error)
+            self.to_finish[method] -= 1
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+class MethodScheduler(FIFOScheduler):
+    """ASHA per method over the search trials (a trial is only ever compared with trials of its own
+    method); reference and final runs always run to the end."""
+
+    def __init__(self, make_asha):
+        super().__init__()
+        self.make_asha = make_asha
+        self.asha: dict[str, TrialScheduler] = {}
+        self.properties: dict = {}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        self.properties = dict(metric=metric, mode=mode, **spec)
+        return True
+
+    def _for(self, trial) -> TrialScheduler | None:
+        if trial.config.get("phase") != "search":
+            return None
+        method = trial.config["method"]
+        if method not in self.asha:
+            self.asha[method] = self.make_asha()
+            self.asha[method].set_search_properties(**self.properties)
+        return self.asha[method]
+
+    def on_trial_add(self, tune_controller, trial):
+        if (s := self._for(trial)) is not None:
+            s.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial):
+        if (s := self._for(trial)) is not None:
+            s.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        s = self._for(trial)
+        return TrialScheduler.CONTINUE if s is None else s.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if (s := self._for(trial)) is not None:
+            s.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        if (s := self._for(trial)) is not None:
+            s.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "ASHA per method: " + "; ".join(f"{m}: {s.debug_string()}" for m, s in self.asha.items())

@@ -4,7 +4,7 @@ that records every trial as it ends.
 Owns ``trial_driver`` (one Tune trial: build its TrialConfig and run it as a Ray Train job
 through ``harness.train.run_trial``), ``run_with_deadline``, ``RecordAndReport`` (runs on the
 study's process: leaderboard rows and progress lines per trial), and ``run_tuner``, which runs
-or restores one Tuner and reconciles its results with the leaderboard.
+or restores the study's Tuner and reconciles its results with the leaderboard.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from ray.tune import Callback
 
 from harness.background import Background
-from harness.searchspace import Space
 from harness.study.outcomes import per_dataset, reconcile, record_trial, recorded_outcomes, trial_error
 from harness.study.plan import METRIC, Plan, make_trial_config, trial_point
 from harness.study.progress import Progress, current, routing_note, short
@@ -46,10 +45,13 @@ def run_with_deadline(fn, timeout_s: float | None):
     return call.result()
 
 
-def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, seed: int,
-                 storage_path: str, recorded: dict | None = None, timeout_s: float | None = None) -> None:
-    """One Tune trial: build the TrialConfig from the sampled point and run it as a Ray Train job.
+def trial_driver(config: dict, *, bases: dict, space_params: dict, default_seed: int, storage_path: str,
+                 recorded: dict | None = None, timeout_s: float | None = None) -> None:
+    """One Tune trial: build the TrialConfig from its config and run it as a Ray Train job.
 
+    ``config`` names the trial's ``method`` and ``phase`` (harness.study.sampler.StudySearcher)
+    and carries either a sampled point (search) or ``learning_rate`` + ``hparams`` + ``seed``.
+    ``bases``: {phase: {method: TrialConfig kwargs}}; ``space_params``: {method: its space's params}.
     ``recorded``: on resume, trials the leaderboard already holds. Tune's own
     snapshot can lag the leaderboard by a moment; a trial it restarts that was
     in fact finished replays its recorded outcome instead of training again.
@@ -69,8 +71,9 @@ def trial_driver(config: dict, *, base: dict, method: str, space_params: dict, s
             raise RuntimeError(reason or "trial failed")
         tune.report(metrics)
         return
-    learning_rate, hparams, seed = trial_point(method, space_params, seed, config)
-    cfg = make_trial_config(base, learning_rate=learning_rate, hparams=hparams, seed=seed)
+    method, phase = config["method"], config["phase"]
+    learning_rate, hparams, seed = trial_point(method, space_params.get(method), default_seed, config)
+    cfg = make_trial_config(bases[phase][method], learning_rate=learning_rate, hparams=hparams, seed=seed)
     start = time.time()
     callbacks = [TuneReportCallback()]
     result = run_with_deadline(
@@ -94,8 +97,8 @@ def _json_safe(d: dict) -> dict:
 class RecordAndReport(Callback):
     """Runs on this (driver) process: records each finished trial and prints progress."""
 
-    def __init__(self, plan: Plan, method: str, seed: int, space: Space | None, phase: str = "search"):
-        self.plan, self.method, self.seed, self.space, self.phase = plan, method, seed, space, phase
+    def __init__(self, plan: Plan, default_seed: int):
+        self.plan, self.default_seed = plan, default_seed
         self.last: dict[str, dict] = {}
         self.retries: dict[str, list[str]] = {}  # trial_id -> the errors it was restarted after
         self.swept_at = 0.0
@@ -118,15 +121,15 @@ class RecordAndReport(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         progress = current()
         progress.running.add(trial.trial_id)
-        shown = ", ".join(f"{k}={short(v)}" for k, v in trial.config.items())
-        progress.line(f"{self.method} {self.phase} trial {trial.trial_id} started: {shown}")
+        shown = ", ".join(f"{k}={short(v)}" for k, v in trial.config.items() if k not in ("method", "phase"))
+        progress.line(f"{_name(trial)} trial {trial.trial_id} started: {shown}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Merged: the driver's closing report adds to the workers' last one.
         self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **result}
         if not result.get("done_final") and METRIC in result:
             step = result.get("step", result.get("training_iteration"))
-            current().line(f"{self.method} trial {trial.trial_id} step {step}: selection "
+            current().line(f"{trial.config['method']} trial {trial.trial_id} step {step}: selection "
                            f"{100 * result[METRIC]:.1f}%")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -140,25 +143,30 @@ class RecordAndReport(Callback):
         self._sweep()
         errors = self.retries.setdefault(trial.trial_id, [])
         errors.append(trial_error(trial))
-        current().line(f"{self.method} {self.phase} trial {trial.trial_id} failed ({errors[-1]}); restarting it, "
+        current().line(f"{_name(trial)} trial {trial.trial_id} failed ({errors[-1]}); restarting it, "
                        f"from its last checkpoint if it has one (retry {len(errors)})")
 
     def _record(self, trial, error: str | None):
         progress = current()
         result = self.last.get(trial.trial_id) or trial.last_result or {}
-        outcome = record_trial(self.plan, self.method, self.space, self.seed, trial.trial_id, trial.config,
-                               result, error, phase=self.phase, retried=self.retries.get(trial.trial_id, []))
+        outcome = record_trial(self.plan, trial.trial_id, trial.config, result, error,
+                               default_seed=self.default_seed, retried=self.retries.get(trial.trial_id, []))
         outcome.save(self.plan)
         status, reason = outcome.status, outcome.reason
-        score = result.get(METRIC) if status == "completed" and self.phase == "search" else None
-        progress.finished(trial.trial_id, status, self.method, score)
+        method, phase = trial.config["method"], trial.config["phase"]
+        score = result.get(METRIC) if status == "completed" and phase == "search" else None
+        progress.finished(trial.trial_id, status, method, score)
         report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
         report = [a for a in report if a is not None]
-        progress.line(f"{self.method} {self.phase} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
+        progress.line(f"{_name(trial)} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
                       + (f", selection {100 * score:.1f}%" if score is not None else "")
-                      + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and self.phase != "search"
+                      + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and phase != "search"
                          else "") + routing_note(result))
         progress.line(progress.status())
+
+
+def _name(trial) -> str:
+    return f"{trial.config['method']} {trial.config['phase']}"
 
 
 def num_evals(plan: Plan) -> int:
@@ -171,32 +179,38 @@ def num_evals(plan: Plan) -> int:
     return 10_000
 
 
-def run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_space: dict, num_samples: int,
-              space: Space | None, seed: int, progress: Progress, search_alg=None, scheduler=None) -> None:
-    """Run (or, with --resume, restore and finish) one Tuner over trial_driver; record every trial.
+def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: Progress,
+              experiment: str = "study") -> None:
+    """Run (or, with --resume, restore and finish) the study's Tuner over trial_driver; record every trial.
 
-    ``seed``: the training seed of trials whose config names none (search trials).
+    One Tuner runs every trial of the study (``search_alg`` decides which, in what order): at most
+    ``max_concurrent_trials`` at a time, whatever their method or phase.
     """
     from ray import tune
 
+    p = plan.profile
+    default_seed = p.search["trial_seed"]
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial_driver, base=plan.base_trial(method, phase), method=method,
-            space_params=space.params if space else None, seed=seed,
+            trial_driver,
+            bases={phase: {m: plan.base_trial(m, phase) for m in (*p.methods, *p.reference)}
+                   for phase in ("reference", "search", "final")},
+            space_params={m: space.params for m, space in p.spaces.items()},
+            default_seed=default_seed,
             storage_path=str(plan.ray_dir / "train"),
-            recorded=recorded_outcomes(plan, method, phase) if plan.resume else None,
-            timeout_s=plan.profile.resources.get("trial_timeout_s"),
+            recorded=recorded_outcomes(plan) if plan.resume else None,
+            timeout_s=p.resources.get("trial_timeout_s"),
         ),
         # The driver only waits on its TorchTrainer; a whole CPU would starve small machines.
         {"cpu": 0.01},
     )
     path = plan.ray_dir / experiment
     if plan.resume and (path / "tuner.pkl").exists():
-        progress.line(f"{method} {phase}: resuming {path}")
+        progress.line(f"resuming {path}")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         # tuner.pkl holds the interrupted run's callbacks and, in them, its plan; rows recorded from
-        # now on carry this run's (profile hash, an accepted profile change).
+        # now on carry this run's plan (a resume that accepted a changed profile says so).
         for callback in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(callback, RecordAndReport):
                 callback.plan = plan
@@ -205,23 +219,20 @@ def run_tuner(plan: Plan, method: str, *, experiment: str, phase: str, param_spa
             shutil.rmtree(path)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space,
             tune_config=tune.TuneConfig(
-                # Fixed runs (reference, final) have nothing to optimise; without a
-                # metric Tune does not require every report to carry one.
-                metric=METRIC if search_alg is not None else None, mode="max" if search_alg is not None else None,
-                search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                max_concurrent_trials=plan.profile.max_concurrent_trials,
+                # The searcher and the scheduler read the selection metric of search trials only;
+                # reference and final runs never report it (harness.study.progress.quiet_logs).
+                metric=METRIC, mode="max", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                max_concurrent_trials=p.max_concurrent_trials,
                 trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
                 # A fresh actor per trial: a timed-out trial's actor, and the Train run it owns, are removed.
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=str(plan.ray_dir),
-                callbacks=[RecordAndReport(plan, method, seed, space, phase)],
-                verbose=0, failure_config=tune.FailureConfig(max_failures=plan.profile.resources["trial_retries"]),
+                callbacks=[RecordAndReport(plan, default_seed)],
+                verbose=0, failure_config=tune.FailureConfig(max_failures=p.resources["trial_retries"]),
             ),
         )
     grid = tuner.fit()
-    reconcile(plan, method, space, seed, grid, phase)
-
+    reconcile(plan, grid, default_seed=default_seed)
