@@ -5,8 +5,8 @@
 - ``plan``: profile -> validated ``Plan``, every check made before Ray starts;
 - ``sampler``: Sobol-then-TPE and each method's Optuna space;
 - ``outcomes``: a trial's outcome as leaderboard rows, status and reason;
-- ``tune``: the trial driver, its deadline, the recording callback, one Tuner;
-- ``phases``: reference, search and final, in order.
+- ``tune``: the trial driver, its deadline, the recording callback, the study's Tuner;
+- ``phases``: reference, search and final, run by that one Tuner.
 
 ``python harness/search.py`` is the command-line front end.
 """
