@@ -31,7 +31,7 @@ import pyarrow as pa
 from harness import stats
 from harness.predictions import PREDICTIONS_FILE, read_predictions
 from harness.predictions import studies as prediction_studies
-from harness.records import read_rows, write_table_atomic
+from harness.records import read_rows, read_timings, write_table_atomic
 
 LEADERBOARD_FILE = "leaderboard.parquet"
 SUMMARY_FILE = "summary.parquet"
@@ -73,6 +73,12 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("search_trials_costed", pa.int64()),  # how many of them recorded device_s
         pa.field("search_cost_s", pa.float64()),  # sum of their device_s (wall x workers x devices)
         pa.field("search_train_tokens", pa.int64()),  # sum of their train_tokens
+        # the study's own time (harness/study/timing.py): seconds, the unit step timed just before it, and
+        # their ratio; timing_json adds the CPU, threads and what a first run added (null if not timed)
+        pa.field("study_s", pa.float64()),
+        pa.field("unit_s", pa.float64()),
+        pa.field("study_units", pa.float64()),
+        pa.field("timing_json", pa.string()),
     ]
 )
 
@@ -218,10 +224,12 @@ def study_stats(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None =
     return StudyStats(study, pub, methods, best, preds is not None)
 
 
-def compute_summary(df: pd.DataFrame, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+def compute_summary(df: pd.DataFrame, predictions: pd.DataFrame | None = None,
+                    timings: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per (study, method, dataset); see SUMMARY_SCHEMA for the columns."""
     frames = []
     for study in studies(df):
+        t = (timings or {}).get(study, {})
         st = study_stats(df, study, predictions)
         if st.cells.empty:
             continue
@@ -244,6 +252,8 @@ def compute_summary(df: pd.DataFrame, predictions: pd.DataFrame | None = None) -
                 delta_vs_best_baseline=_num(m.delta_vs_best_baseline), p_vs_best_baseline=_num(m.p_vs_best_baseline),
                 search_trials=int(m.search_trials), search_trials_costed=int(m.search_trials_costed),
                 search_cost_s=_num(m.search_cost_s), search_train_tokens=_int(m.search_train_tokens),
+                study_s=_num(t.get("study_s")), unit_s=_num(t.get("unit_s")), study_units=_num(t.get("study_units")),
+                timing_json=json.dumps(t, sort_keys=True) if t else None,
             ))
     return pd.DataFrame(frames, columns=SUMMARY_SCHEMA.names)
 
@@ -259,7 +269,7 @@ def _int(x) -> int | None:
 def write_summary(results_dir: str | Path) -> pd.DataFrame:
     """Recompute ``summary.parquet`` from the leaderboard and prediction records (atomic write)."""
     results_dir = Path(results_dir)
-    summary = compute_summary(load(results_dir), load_predictions(results_dir))
+    summary = compute_summary(load(results_dir), load_predictions(results_dir), read_timings(results_dir))
     table = pa.Table.from_pandas(summary, schema=SUMMARY_SCHEMA, preserve_index=False)
     write_table_atomic(table, results_dir / SUMMARY_FILE)
     return summary

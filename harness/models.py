@@ -120,6 +120,16 @@ def load_model(
     return model, tokenizer
 
 
+def prepare(name: str) -> bool:
+    """Build whatever a preset caches on first use (SmolLM2's safetensors copy); True when it had to."""
+    if name != "smollm2-135m":
+        return False
+    target = _smollm2_target()
+    built = not ((target / "config.json").exists() and (target / "model.safetensors").exists())
+    _smollm2_cached()
+    return built
+
+
 def _tiny_config(vocab_size: int, bos: int | None, eos: int | None, pad: int | None) -> LlamaConfig:
     return LlamaConfig(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, **TINY_LLAMA)
 

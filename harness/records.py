@@ -290,6 +290,31 @@ def device_seconds(wall_s, num_workers: int, devices_per_worker) -> float | None
     return float(wall_s) * num_workers * float(devices_per_worker)
 
 
+TIMING_DIR = "timing"
+
+
+def write_timing(results_dir: str | Path, study: str, record: Mapping[str, Any]) -> Path:
+    """Write a study's timing record (``<results>/timing/<study>.json``) atomically."""
+    path = Path(results_dir) / TIMING_DIR / f"{study}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dict(record), fh, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_timings(results_dir: str | Path) -> dict[str, dict]:
+    """{study: its timing record} for every study that wrote one."""
+    folder = Path(results_dir) / TIMING_DIR
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
 def row_template(**fields: Any) -> dict[str, Any]:
     """A full row: every column None, then provenance and ``created_at``, then ``fields``."""
     row = dict.fromkeys(LEADERBOARD_COLUMNS)

@@ -68,7 +68,8 @@ DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
 SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "trial_seed", "scheduler", "grace_period",
                "reduction_factor", "metric"}
 FINAL_KEYS = {"seeds"}
-RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries"}
+RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries",
+                 "measure_unit"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
 # MoR1E's named options and the values each may take (harness.methods / mor1e.MoR1EConfig).
 MOR1E_CHOICES = {
@@ -467,6 +468,9 @@ def parse_profile(
     resources.setdefault("use_gpu", False)
     if resources.get("ray_num_cpus") is not None:
         _positive_int(resources["ray_num_cpus"], f"{source}: resources.ray_num_cpus")
+    resources.setdefault("measure_unit", False)
+    if not isinstance(resources["measure_unit"], bool):
+        raise ConfigError(f"{source}: resources.measure_unit must be true or false, got {resources['measure_unit']!r}")
     resources.setdefault("trial_retries", 1)
     _positive_int(resources["trial_retries"], f"{source}: resources.trial_retries", minimum=0)
     if resources.get("trial_timeout_s") is not None:

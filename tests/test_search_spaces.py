@@ -61,7 +61,7 @@ def test_paper_profile_centres_on_the_authors_settings():
     p = load_profile("paper")
     assert p.model == "meta-llama/Llama-2-7b-hf"
     assert p.resources == {"num_workers": 8, "use_gpu": True, "zero_stage": 2, "trial_timeout_s": 172800,
-                           "trial_retries": 1}
+                           "trial_retries": 1, "measure_unit": False}
     t = p.training
     assert t["epochs"] == 3 and t["warmup_steps"] == 100 and t["max_seq_len"] == 2048
     assert t["batch_size"] * t["grad_accum"] * p.resources["num_workers"] == 256
@@ -104,6 +104,7 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     (dict(resources__trial_timeout_s=0), "trial_timeout_s must be > 0"),
     (dict(resources__trial_timeout_s="soon"), "trial_timeout_s"),
     (dict(resources__trial_retries=-1), "trial_retries"),
+    (dict(resources__measure_unit="yes"), "measure_unit must be true or false"),
     (dict(training__learning_rate=1e-3), "set by the search"),
     (dict(study="my study"), "study name"),
 ])

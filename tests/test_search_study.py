@@ -222,10 +222,20 @@ def test_summary_and_cli_print_the_study(study_s1, results):
 def test_second_study_appends_and_keeps_the_first(study_s1, results, tmp_path):
     lb = results / "leaderboard.parquet"
     before = read_rows(lb).to_pandas()
-    config = _profile(tmp_path / "s2.yaml", study="s2", methods=[], reference=["zeroshot"])
+    config = _profile(tmp_path / "s2.yaml", study="s2", methods=[], reference=["zeroshot"],
+                      resources={"num_workers": 1, "zero_stage": 0, "ray_num_cpus": 8, "measure_unit": True})
     run = subprocess.run([*SEARCH, "--config", config, "--results-dir", str(results)], env=_env(),
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # the unit step was timed before the study, and the study's time is stated in units of it
+    unit = re.search(r"unit: ([\d.]+) s, one fp32 PEFT-LoRA r=8 AdamW step", run.stdout)
+    done = re.search(r"study s2 finished in (\d+):(\d+) = (\d+) units of ([\d.]+) s", run.stdout)
+    assert unit and done, run.stdout[-3000:]
+    summary = pytest.importorskip("pandas").read_parquet(results / "summary.parquet")
+    s2_timing = summary[summary.study == "s2"].iloc[0]
+    assert s2_timing.unit_s == pytest.approx(float(unit.group(1)), abs=0.01) and s2_timing.unit_s > 0
+    assert s2_timing.study_units == pytest.approx(s2_timing.study_s / s2_timing.unit_s)
+    assert round(s2_timing.study_units) == int(done.group(3))
     after = read_rows(lb).to_pandas()
     kept = after[after.study == "s1"].reset_index(drop=True)
     pd_testing = pytest.importorskip("pandas.testing")

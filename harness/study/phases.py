@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 
 from harness import leaderboard
+from harness.records import write_timing
+from harness.study import timing as timing_mod
 from harness.study.plan import Plan, write_twins
 from harness.study.progress import Progress, clock, start
 from harness.study.sampler import PHASES, MethodScheduler, StudySearcher
@@ -48,7 +50,11 @@ def run_phases(plan: Plan, progress: Progress, *, phases: tuple[str, ...] = PHAS
 
 
 def run_study(plan: Plan) -> int:
-    """The whole study: reference, search and final runs, then the summary and table."""
+    """The whole study: reference, search and final runs, then the summary and table.
+
+    What a first run adds (the model's cache, the intuition embeddings) and, when the profile asks
+    for it, the unit step (harness.study.timing) are done before the study's clock starts.
+    """
     from harness.ray_env import init_ray
 
     p = plan.profile
@@ -60,11 +66,25 @@ def run_study(plan: Plan) -> int:
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     if plan.synthetic and not plan.data_dir.exists():
         write_twins(plan)
+    timing = {"prepare": timing_mod.prepare(plan, progress)}
+    if p.resources.get("measure_unit"):
+        unit = timing_mod.measure_unit()
+        timing.update(unit_s=unit["unit_s"], cpu=unit["cpu"], unit_threads=unit["threads"], unit=timing_mod.UNIT_NAME)
+        progress.line(f"unit: {unit['unit_s']:.2f} s, one {timing_mod.UNIT_NAME} ({unit['cpu']}, "
+                      f"{unit['threads']} threads); the study's clock starts now")
+    progress.start = time.time()
     init_ray(plan.address, num_cpus=p.resources.get("ray_num_cpus"))
     run_phases(plan, progress)
 
+    study_s = time.time() - progress.start
+    timing["study_s"] = study_s
+    in_units = ""
+    if "unit_s" in timing:
+        timing["study_units"] = study_s / timing["unit_s"]
+        in_units = f" = {timing['study_units']:.0f} units of {timing['unit_s']:.2f} s"
+    write_timing(plan.results_dir, plan.study, timing)
     leaderboard.write_summary(plan.results_dir)
-    progress.line(f"study {plan.study} finished in {clock(time.time() - progress.start)}")
+    progress.line(f"study {plan.study} finished in {clock(study_s)}{in_units}")
     print()
     print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study,
                                    leaderboard.load_predictions(plan.results_dir, plan.study)))

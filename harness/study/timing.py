@@ -1,0 +1,65 @@
+"""How long a study takes, in units of a reference step timed on the same machine just before it.
+
+Machines of one class differ by about 2x in absolute time (another CPU model, AMX or not), so a
+study's time is stated as a ratio: the *unit* is one fp32 PEFT-LoRA r=8 AdamW training step of
+SmolLM2-135M at 8 x 128 tokens on all of this machine's cores, the median of a few steps after a
+warm-up (``python -m harness.bench adapters --methods lora``), timed in a process of its own
+before Ray starts. What a first run on a fresh machine adds (SmolLM2's conversion, the sentence
+embeddings of every example) is done and timed before the study's clock starts, and reported
+apart from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+from harness.study.plan import Plan
+from harness.study.progress import Progress
+
+UNIT = dict(model="smollm2-135m", batch=8, seq=128, warmup=2, steps=3, dtype="fp32")
+UNIT_NAME = "fp32 PEFT-LoRA r=8 AdamW step of SmolLM2-135M at 8x128 tokens"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what the platform says elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_unit(threads: int | None = None) -> dict:
+    """Time the unit step in a child process; {"unit_s", "threads", "cpu"}."""
+    from harness.bench.adapters import _spawn
+
+    threads = threads or os.cpu_count() or 1
+    result = _spawn("lora", argparse.Namespace(**UNIT, threads=threads))
+    return {"unit_s": result["median_s"], "threads": threads, "cpu": cpu_model()}
+
+
+def prepare(plan: Plan, progress: Progress) -> dict:
+    """Do, and time, what a first run on a fresh machine adds: the model's cache and the intuition
+    embeddings of every example the study's MoR1E trials score (cached on disk, keyed by the texts)."""
+    from harness.models import prepare as prepare_model
+    from harness.train import prepare_data
+    from harness.trial import TrialConfig
+
+    p = plan.profile
+    start = time.time()
+    converted = prepare_model(p.model)
+    model_s = time.time() - start
+    start = time.time()
+    if "mor1e" in p.methods:
+        for phase in ("search", "final"):
+            prepare_data(TrialConfig(**plan.base_trial("mor1e", phase)))
+    embed_s = time.time() - start
+    progress.line(f"prepared: model cache {'built' if converted else 'found'} ({model_s:.0f} s), "
+                  f"intuition embeddings {embed_s:.0f} s (on disk for every trial)")
+    return {"model_s": model_s, "embed_s": embed_s, "model_built": converted}
