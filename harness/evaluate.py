@@ -11,11 +11,14 @@ How the work is shaped:
 - Tokenisation goes through :func:`encode_pair`, which handles the
   context/continuation boundary like lm-evaluation-harness. Training uses the
   same function, so the model is trained on exactly the tokens it is scored on.
-- A pair's model input is ``(context + continuation)[:-1]``. Pairs whose inputs
-  are identical share one row of the batch. Letter options (" A", " B", ...)
-  are one token each, so every option of an example has the same input (the
-  context): one row, logits at the last context position, scores all of them
-  (the "letter fast path"). Cloze options of several tokens get one row each.
+- A pair's model input is ``(context + continuation)[:-1]``. Pairs that share
+  their context (every option of an example) run it once: its last position
+  predicts each option's first token, and its key/value cache serves one short
+  forward over all the options' remaining tokens (:func:`_prefix_logprobs`).
+  Letter options (" A", " B", ...) are one token each, so the context's forward
+  alone scores all of them (the "letter fast path"); cloze options of several
+  tokens add one short row each instead of a whole sequence each. Models without
+  explicit positions, and inputs that must be cut to fit, get one row per input.
 - Rows are sorted by length and left-padded with explicit ``position_ids``
   (Llama derives positions from ``arange``, not from the attention mask), so
   the positions that predict the continuation sit at the end of every row and
@@ -109,6 +112,7 @@ class _Row:
 
     input_ids: tuple[int, ...]
     score_row: int | None  # index into intuition_scores; pairs with different scores never share a row
+    prefix: bool = False  # input_ids is the pairs' shared context (scored by _prefix_logprobs)
     keep: int = 0  # positions at the end whose logits are needed
     pairs: list = field(default_factory=list)  # (pair index, continuation ids)
 
@@ -122,7 +126,9 @@ def forward_options(model) -> dict[str, str | bool]:
     """Which optional arguments the model's forward takes (checked once per call)."""
     params = inspect.signature(_unwrapped(model).forward).parameters
     keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
-    return {"keep_arg": keep_arg, "position_ids": "position_ids" in params}
+    # transformers 5 names the key/value cache `cache`; earlier releases `past_key_values`.
+    cache_arg = next((n for n in ("cache", "past_key_values") if n in params), None)
+    return {"keep_arg": keep_arg, "position_ids": "position_ids" in params, "cache_arg": cache_arg}
 
 
 def _set_intuition(model, scores):
@@ -175,6 +181,61 @@ def _batch_logprobs(model, rows: list[_Row], pad_id: int, opts: dict, device) ->
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _prefix_logprobs(model, rows: list[_Row], pad_id: int, opts: dict, device, scores) -> list[tuple[int, float]]:
+    """(pair index, summed log-probability) of every pair of ``rows``, each row a shared context.
+
+    Each context runs once: a left-padded forward whose last position predicts every
+    continuation's first token, keeping its key/value cache. Then one forward over all the
+    continuations (their tokens but the last, right-padded) attends to its context's cache
+    and predicts the remaining tokens. The numbers are those of scoring ``context +
+    continuation`` whole, up to float rounding; an example with k options costs one context
+    and k short continuations instead of k whole sequences.
+    """
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r.input_ids):] = torch.tensor(r.input_ids)
+        mask[b, width - len(r.input_ids):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    if scores is not None:
+        _set_intuition(model, scores)
+    _set_token_mask(model, mask)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                  use_cache=True, **{opts["keep_arg"]: 1})
+    first_logprobs = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (R, V)
+    out = []
+    rest = []  # (row, pair index, continuation) for continuations of two tokens or more
+    for b, r in enumerate(rows):
+        for i, cont in r.pairs:
+            out.append([i, float(first_logprobs[b, cont[0]])])
+            if len(cont) > 1:
+                rest.append((b, len(out) - 1, cont))
+    if rest:
+        owner = torch.tensor([b for b, _, _ in rest], device=device)
+        cache = first[opts["cache_arg"]]
+        cache.batch_select_indices(owner)  # one copy of its context's cache per continuation
+        span = max(len(cont) - 1 for _, _, cont in rest)
+        cont_ids = torch.full((len(rest), span), pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(rest), span), dtype=torch.long)
+        for j, (_, _, cont) in enumerate(rest):
+            cont_ids[j, :len(cont) - 1] = torch.tensor(cont[:-1])
+            cont_mask[j, :len(cont) - 1] = 1
+        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+        lengths = mask.sum(-1)[owner]
+        if scores is not None:
+            _set_intuition(model, scores[owner])
+        _set_token_mask(model, cont_mask)
+        logits = model(input_ids=cont_ids, attention_mask=torch.cat([mask[owner], cont_mask], dim=-1),
+                       position_ids=lengths[:, None] + torch.arange(span, device=device), use_cache=True,
+                       **{opts["cache_arg"]: cache}).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for j, (_, k, cont) in enumerate(rest):
+            target = torch.tensor(cont[1:], device=logprobs.device)
+            out[k][1] += float(logprobs[j, :len(cont) - 1].gather(-1, target[:, None]).sum())
+    return [(i, value) for i, value in out]
+
+
 def option_logprobs(
     model,
     tokenizer,
@@ -217,32 +278,42 @@ def option_logprobs(
             )
     max_length = max_length or max_length_of(model, tokenizer)
 
+    device = next(model.parameters()).device
+    opts = forward_options(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Pairs that share their context (every option of an example) are scored as one context row
+    # plus their continuations (see _prefix_logprobs) when the model takes explicit positions and
+    # nothing needs cutting; the others get a row of their own, shared only by identical inputs.
+    prefixed = share_inputs and opts["position_ids"] and opts["keep_arg"] is not None and opts["cache_arg"] is not None
     rows: dict[tuple, _Row] = {}
     for i, (context, continuation) in enumerate(zip(contexts, continuations)):
         ctx, cont = encode_pair(tokenizer, context, continuation)
         if len(cont) > max_length:
             raise ValueError(f"pair {i}: continuation has {len(cont)} tokens, over max_length {max_length}")
-        # As in lm-evaluation-harness: keep the last max_length + 1 tokens,
-        # the model sees all but the last one.
-        inp = tuple((ctx + cont)[-(max_length + 1):][:-1])
         score_row = i if intuition_scores is not None else None
-        key = (inp, _score_key(intuition_scores, i)) if share_inputs else (i,)
+        if prefixed and len(ctx) + len(cont) - 1 <= max_length:
+            key = ("context", tuple(ctx), _score_key(intuition_scores, i))
+            inp = tuple(ctx)
+        else:
+            # As in lm-evaluation-harness: keep the last max_length + 1 tokens,
+            # the model sees all but the last one.
+            inp = tuple((ctx + cont)[-(max_length + 1):][:-1])
+            key = ("row", inp, _score_key(intuition_scores, i)) if share_inputs else ("pair", i)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = _Row(inp, score_row)
+            row = rows[key] = _Row(inp, score_row, prefix=key[0] == "context")
         row.keep = max(row.keep, len(cont))
         row.pairs.append((i, cont))
 
     # Longest first: similar lengths share a batch (less padding), and an
     # out-of-memory error shows up on the first batch, not the last.
-    ordered = sorted(rows.values(), key=lambda r: (-len(r.input_ids), -r.keep))
+    ordered = sorted(rows.values(), key=lambda r: (r.prefix, -len(r.input_ids), -r.keep))
     batches = [ordered[s:s + batch_size] for s in range(0, len(ordered), batch_size)]
+    batches = [[r for r in b if r.prefix] for b in batches] + [[r for r in b if not r.prefix] for b in batches]
+    batches = [b for b in batches if b]
 
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
-    opts = forward_options(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = [0.0] * len(contexts)
     # Restore each submodule's own mode afterwards, not a blanket train().
     modes = [(m, m.training) for m in model.modules()]
@@ -253,8 +324,14 @@ def option_logprobs(
             bar = tqdm(total=len(ordered), desc="scoring", unit="seq", file=sys.stderr,
                        disable=None if progress else True, leave=False)
             for batch in batches:
-                if intuition_scores is not None:
-                    _set_intuition(model, intuition_scores[[r.score_row for r in batch]].to(device))
+                scores = None if intuition_scores is None else intuition_scores[[r.score_row for r in batch]].to(device)
+                if batch[0].prefix:
+                    for i, value in _prefix_logprobs(model, batch, pad_id, opts, device, scores):
+                        out[i] = value
+                    bar.update(len(batch))
+                    continue
+                if scores is not None:
+                    _set_intuition(model, scores)
                 logprobs = _batch_logprobs(model, batch, pad_id, opts, device)
                 keep = logprobs.shape[1]
                 for b, row in enumerate(batch):

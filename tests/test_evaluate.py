@@ -256,7 +256,7 @@ def test_letter_options_take_one_row_per_example_and_match_the_general_path(tiny
 
 
 def test_cloze_options_sharing_a_context_mix_with_letter_rows(tiny):
-    """Multi-token options get their own rows; a batch may hold both kinds."""
+    """Options sharing a context run it once; a batch may hold letter and cloze examples."""
     model, tok = tiny
     examples = LETTER_EXAMPLES + [
         Ex("piqa", "Goal: dry wet hands.\nSolution:", (" use a towel", " use a bucket of water"), 0),
@@ -266,6 +266,24 @@ def test_cloze_options_sharing_a_context_mix_with_letter_rows(tiny):
     alone = [score_examples(model, tok, [ex], batch_size=1, progress=False, share_inputs=False)[0] for ex in examples]
     for s, a in zip(shared, alone):
         np.testing.assert_allclose(s, a, atol=1e-4, rtol=0)
+
+
+def test_a_context_runs_once_and_its_cache_serves_every_cloze_option(tiny):
+    """One forward over the contexts (only their last logits), one over every option's remaining tokens."""
+    model, tok = tiny
+    examples = [Ex("hellaswag", "A man lifts a heavy box. He", (" puts it down.", " sings it.", " eats the box."), 0),
+                Ex("piqa", "Goal: dry wet hands.\nSolution:", (" use a towel", " use a bucket of water"), 0)]
+    widths = []
+    handle = model.register_forward_hook(lambda m, args, out: widths.append(tuple(out.logits.shape[:2])))
+    try:
+        shared = score_examples(model, tok, examples, batch_size=16, progress=False)
+    finally:
+        handle.remove()
+    lengths = [len(encode_pair(tok, ex.prompt, o)[1]) for ex in examples for o in ex.options]
+    assert widths == [(2, 1), (5, max(lengths) - 1)]
+    general = score_examples(model, tok, examples, batch_size=16, progress=False, share_inputs=False)
+    for s, g in zip(shared, general):
+        np.testing.assert_allclose(s, g, atol=1e-4, rtol=0)
 
 
 # ---------------------------------------------------------------- metrics
@@ -325,6 +343,15 @@ def test_intuition_scores_reach_the_mor1e_layers_per_row():
         np.testing.assert_allclose(b, o, atol=1e-4, rtol=0)
     # Same prompt, different intuition: different numbers, so those rows were not shared.
     assert np.abs(np.subtract(batched[0], batched[2])).max() > 1e-3
+    # Cloze options of several tokens: each context's cache serves its options, under its own scores.
+    cloze = [Ex("hellaswag", "A man lifts a heavy box. He", (" puts it down.", " sings it."), 0),
+             Ex("piqa", "Goal: dry wet hands.\nSolution:", (" use a towel", " use a bucket of water"), 1),
+             Ex("hellaswag", "A man lifts a heavy box. He", (" puts it down.", " sings it."), 0)]
+    shared = score_examples(model, tok, cloze, intuition_scores=scores, progress=False)
+    general = score_examples(model, tok, cloze, intuition_scores=scores, progress=False, share_inputs=False)
+    for s_, g in zip(shared, general):
+        np.testing.assert_allclose(s_, g, atol=1e-4, rtol=0)
+    assert np.abs(np.subtract(shared[0], shared[2])).max() > 1e-3
     # Scores and masks are cleared afterwards, and a MoR1E model with intuition is never scored
     # without scores: no silent token-only routing.
     routers = [m for m in model.modules() if isinstance(m, mor1e.MoR1ERouter)]
