@@ -49,7 +49,7 @@ class Coefficients(NamedTuple):
     """Per-projection coefficients of G for M projections sharing R routers (R = M, or R = 1)."""
 
     scale: torch.Tensor | float | None  # (M, 1) c_m = token_coef·ω·g, or a float; None without a token router
-    prior: torch.Tensor | None  # (batch, M, E) P_m = intuition_coef·(1−ω)·g·M(s); None without intuition
+    prior: torch.Tensor | None  # (batch, 1, …, M, E) P_m = intuition_coef·(1−ω)·g·M(s); None without intuition
     omega: torch.Tensor | None  # (R,) ω of each router; None when G has one term
 
 
@@ -81,11 +81,12 @@ def _per_member(values: torch.Tensor, router_of: tuple[int, ...] | None, dim: in
 
 
 def coefficients(members, routers, router_of: tuple[int, ...] | None, scores: torch.Tensor | None,
-                 like: torch.Tensor) -> Coefficients:
+                 like: torch.Tensor, token_dims: int = 1) -> Coefficients:
     """c, P and ω for ``members`` (MoR1ELinear) whose routers are ``routers``, in batched operations.
 
     ``router_of[m]`` is member m's router index (None: member m has router m, or one router for
-    all).  ``scores`` (batch, k) are converted to ``like``'s device and dtype.
+    all).  ``scores`` (batch, k) are converted to ``like``'s device and dtype.  P comes shaped
+    (batch, 1 × token_dims, M, E), ready to broadcast over an input (batch, tokens..., d).
     """
     cfg = members[0].config
     gates = None  # (M,) the output gates g
@@ -119,6 +120,7 @@ def coefficients(members, routers, router_of: tuple[int, ...] | None, scores: to
             mapped = _per_member(mapped, router_of, 1)
         coef = _product(cfg.intuition_coef, None if member_omega is None else 1 - member_omega, gates)
         prior = mapped * (coef.unsqueeze(-1) if isinstance(coef, torch.Tensor) else coef)
+        prior = prior.view(prior.shape[0], *([1] * token_dims), *prior.shape[1:])
     return Coefficients(scale, prior, omega)
 
 
@@ -127,14 +129,14 @@ def _split(coeffs: Coefficients, sizes: list[int], router_sizes: list[int]) -> l
     where a slice per group would add a full-size zero gradient per group)."""
     count = len(sizes)
     scale = coeffs.scale.split_with_sizes(sizes) if isinstance(coeffs.scale, torch.Tensor) else [coeffs.scale] * count
-    prior = [None] * count if coeffs.prior is None else coeffs.prior.split_with_sizes(sizes, dim=1)
+    prior = [None] * count if coeffs.prior is None else coeffs.prior.split_with_sizes(sizes, dim=-2)
     omega = [None] * count if coeffs.omega is None else coeffs.omega.split_with_sizes(router_sizes)
     return [Coefficients(*parts) for parts in zip(scale, prior, omega)]
 
 
 def _narrow(coeffs: Coefficients, lo: int, hi: int, router_lo: int, router_hi: int) -> Coefficients:
     scale = coeffs.scale[lo:hi] if isinstance(coeffs.scale, torch.Tensor) else coeffs.scale
-    prior = None if coeffs.prior is None else coeffs.prior[:, lo:hi]
+    prior = None if coeffs.prior is None else coeffs.prior.narrow(-2, lo, hi - lo)
     omega = None if coeffs.omega is None else coeffs.omega[router_lo:router_hi]
     return Coefficients(scale, prior, omega)
 
@@ -175,8 +177,12 @@ class ForwardTable:
             for group in self.groups:
                 group.forget()
 
-    def lookup(self, group: "ProjectionGroup", lo: int, hi: int, scores, like: torch.Tensor) -> Coefficients | None:
-        """The coefficients of ``group.members[lo:hi]`` from this forward's table, or None."""
+    def lookup(self, group: "ProjectionGroup", lo: int, hi: int, scores, like: torch.Tensor,
+               x_dims: int) -> Coefficients | None:
+        """The coefficients of ``group.members[lo:hi]`` from this forward's table, or None.
+
+        ``like`` is a parameter of the group (device and dtype); ``x_dims`` the input's dimensions.
+        """
         if self._depth == 0:
             return None
         key = (id(scores), torch.is_grad_enabled(), _autocast_state(like.device))
@@ -184,7 +190,7 @@ class ForwardTable:
             coeffs = None
             places = {(m.mor1e_A.device, m.mor1e_A.dtype) for m in self.members}
             if places == {(like.device, like.dtype)} and all(r.intuition_scores is scores for r in self.routers):
-                coeffs = coefficients(self.members, self.routers, self.router_of, scores, like)
+                coeffs = coefficients(self.members, self.routers, self.router_of, scores, like, max(x_dims - 2, 0))
             if coeffs is not None:
                 coeffs = _split(coeffs, [len(g.members) for g in self.groups], [len(g.routers) for g in self.groups])
             self._built = (key, coeffs, like.device, like.dtype)
@@ -292,9 +298,9 @@ class ProjectionGroup:
         if cfg.use_intuition and scores is None:
             raise MissingIntuitionError()
         like = param(members[0], "mor1e_A")
-        coeffs = None if self.table is None else self.table.lookup(self, lo, hi, scores, like)
+        coeffs = None if self.table is None else self.table.lookup(self, lo, hi, scores, like, x.dim())
         if coeffs is None:
-            coeffs = coefficients(members, routers, None, scores, like)
+            coeffs = coefficients(members, routers, None, scores, like, max(x.dim() - 2, 0))
 
         # One matmul for every A and every token router: (..., M·r1 + R·E).
         weights = [param(m, "mor1e_A") for m in members]
@@ -314,8 +320,8 @@ class ProjectionGroup:
         else:
             ax = h
             grid = self._broadcast_prior(coeffs.prior, x)
-        ax = ax.unflatten(-1, (count, r1))  # (..., M, r1)
-        z = (ax.unsqueeze(-1) * grid.unflatten(-1, (r1, r2))).sum(-2)  # (..., M, r2): Σ_i (A x)_i G_ij
+        ax = ax.unflatten(-1, (count, r1, 1))  # (..., M, r1, 1)
+        z = (ax * grid.unflatten(-1, (r1, r2))).sum(-2)  # (..., M, r2): Σ_i (A x)_i G_ij
         if count == 1:
             return [F.linear(z.squeeze(-2), param(members[0], "mor1e_B"))]
         # Every B z in one matmul with block-diag(B_1, …, B_M), (Σ d_out, M·r2), split by d_out.
@@ -324,16 +330,17 @@ class ProjectionGroup:
 
     @staticmethod
     def _broadcast_prior(prior: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(batch, M, E) -> (batch, 1, …, 1, M, E) over x's token dims."""
-        if x.dim() == 1:
-            if prior.shape[0] != 1:
-                raise ValueError(f"intuition scores have batch size {prior.shape[0]} but the layer input has none")
-            return prior[0]
-        if prior.shape[0] not in (1, x.shape[0]):
+        """P (batch, 1, …, M, E) as x's token dims need it: (batch, 1, …, 1, M, E), or (M, E) for a 1-d x."""
+        batch = x.shape[0] if x.dim() > 1 else 1
+        if prior.shape[0] not in (1, batch):
             raise ValueError(
-                f"intuition scores have batch size {prior.shape[0]} but the layer input has batch size {x.shape[0]}"
+                f"intuition scores have batch size {prior.shape[0]} but the layer input has batch size {batch}"
             )
-        return prior.reshape(prior.shape[0], *([1] * (x.dim() - 2)), *prior.shape[1:])
+        if x.dim() == 1:
+            return prior.reshape(prior.shape[-2:])
+        if prior.dim() == x.dim() + 1:
+            return prior
+        return prior.reshape(prior.shape[0], *([1] * (x.dim() - 2)), *prior.shape[-2:])
 
     def _report(self, routers, logits: torch.Tensor, token: torch.Tensor, coeffs: Coefficients) -> None:
         """Per router: the load-balancing loss when asked for, and the routing to its observers."""
