@@ -11,7 +11,7 @@
   with ``embed_texts``, ``kmeans`` and ``cluster_scores``.
 - ``mor1e.token_mask(model, attention_mask)``: which positions are real tokens, for the
   load-balancing loss and the router telemetry (padding excluded).
-- ``mor1e.router_telemetry(model)``: router statistics from forward hooks (``mor1e/telemetry.py``).
+- ``mor1e.router_telemetry(model)``: router statistics observed on every routing (``mor1e/telemetry.py``).
 """
 
 from mor1e import intuition

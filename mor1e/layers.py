@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,15 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mor1e.config import MoLoRAConfig, MoR1EConfig
+from mor1e.fused import ProjectionGroup, param, partitioned
+from mor1e.routing import (  # noqa: F401  (re-exported: the layers' public helpers)
+    MissingIntuitionError,
+    Routing,
+    load_balancing_loss,
+    notify,
+    token_routing,
+    token_weights,
+)
 
 ADAPTER_MARKER = "mor1e_"
 
@@ -32,76 +40,6 @@ def linear_features(layer: nn.Module) -> tuple[int, int]:
         d_in, d_out = layer.weight.shape
         return d_in, d_out
     raise TypeError(f"cannot wrap {type(layer).__name__}: expected nn.Linear or Conv1D")
-
-
-def token_routing(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
-    """softmax(logits / τ) over the last dim; with top_k, only the k largest survive, renormalised.
-
-    All other weights are exactly zero (scatter into zeros), not merely small.
-    """
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k is None or top_k >= logits.shape[-1]:
-        return torch.softmax(logits, dim=-1)
-    values, index = logits.topk(top_k, dim=-1)
-    return torch.zeros_like(logits).scatter(-1, index, torch.softmax(values, dim=-1))
-
-
-def token_weights(token_mask: torch.Tensor | None, token_shape: torch.Size, like: torch.Tensor) -> torch.Tensor | None:
-    """The padding mask as per-token weights (N,) in ``like``'s dtype: 1 for a real token, 0 for padding.
-
-    ``token_mask`` (usually the batch's attention mask, (B, T)) must have the router input's token
-    shape: a left-padded batch still reaches every layer as (B, T, d).  None (no mask set) -> None.
-    """
-    if token_mask is None:
-        return None
-    if tuple(token_mask.shape) != tuple(token_shape):
-        raise ValueError(
-            f"token mask has shape {tuple(token_mask.shape)} but the router's input has token shape "
-            f"{tuple(token_shape)}; set it with mor1e.token_mask(model, attention_mask) for this very batch"
-        )
-    return token_mask.reshape(-1).to(device=like.device, dtype=like.dtype)
-
-
-def load_balancing_loss(
-    logits: torch.Tensor, temperature: float, token_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Switch-Transformer balance loss E·Σ_e f_e·p_e of one router over its own real tokens (1.0 if balanced).
-
-    f_e: fraction of real tokens whose top-1 expert is e; p_e: mean router probability of e over
-    them.  Padding (``token_mask`` 0) counts for neither.  Sums are weighted, not indexed, so no
-    host sync is needed.
-    """
-    num_experts = logits.shape[-1]
-    probs = torch.softmax(logits.reshape(-1, num_experts).float() / temperature, dim=-1)  # (N, E)
-    weights = token_weights(token_mask, logits.shape[:-1], probs)
-    if weights is None:
-        weights = probs.new_ones(probs.shape[0])
-    real = weights.sum().clamp(min=1.0)
-    fraction = probs.new_zeros(num_experts).index_add(0, probs.argmax(dim=-1), weights) / real
-    mean_prob = (weights @ probs) / real
-    return num_experts * (fraction * mean_prob).sum()
-
-
-class MissingIntuitionError(RuntimeError):
-    """A MoR1E router built with use_intuition=True ran without intuition scores."""
-
-    def __init__(self, detail: str = ""):
-        super().__init__(
-            (detail + ": " if detail else "")
-            + "a MoR1E router built with use_intuition=True runs without intuition scores; wrap the call in "
-            "`with mor1e.intuition(model, scores):` (scores: (batch, k) cluster similarities). "
-            "Only the use_intuition=False ablation runs without them."
-        )
-
-
-class Routing(NamedTuple):
-    """The parts of G for a batch: G = token_scale · token + prior (prior broadcast over tokens)."""
-
-    token: torch.Tensor | None  # (..., E) token-router weights softmax(W_r x / τ) after top-k, or None (ablation)
-    token_scale: torch.Tensor | float | None  # token_coef·ω (token_coef without intuition)
-    prior: torch.Tensor | None  # (batch, E) intuition term intuition_coef·(1−ω)·M(s), or None (ablation)
-    omega: torch.Tensor | None  # (1,) the gate ω between the two terms, or None when there is only one
 
 
 class MoR1ERouter(nn.Module):
@@ -142,8 +80,12 @@ class MoR1ERouter(nn.Module):
         self.intuition_scores: torch.Tensor | None = None
         self.token_mask: torch.Tensor | None = None
         self.last_aux_loss: torch.Tensor | None = None
+        self.routing_observers: list = []  # see mor1e.routing.RoutingObserver (router telemetry)
         self.shared = False  # set by wrap when several projections use this router
         self._cache: tuple | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": None}  # the cache holds a weak reference
 
     @property
     def aux_loss_coef(self) -> float:
@@ -191,6 +133,8 @@ class MoR1ERouter(nn.Module):
             omega = torch.sigmoid(self.gate_logit * cfg.gate_sharpness)
             token_scale = omega * cfg.token_coef
             prior = prior * (1 - omega)
+        if token is not None and self.routing_observers:
+            notify(self, token, omega)
         return Routing(token, token_scale, prior, omega)
 
 
@@ -200,6 +144,11 @@ class MoR1ELinear(nn.Module):
     Expert (i, j) is B[:, j] A[i, :] (arXiv 2404.08985, §3, mix-and-match rank-1 experts).  The grid
     is contracted densely: A x (r1 values per token), then z_j = Σ_i (A x)_i G_ij (r2 values), then
     B z; no per-expert loop and no E×d tensor.  g is the output gate (``config.output_gate``).
+
+    ``forward`` computes the update through the layer's ``ProjectionGroup`` (``mor1e/fused.py``:
+    the projections reading the same input together, the coefficients of G once per model
+    forward); ``update`` and ``routing_matrix`` compute it module by module, through the router,
+    as the reference and for DeepSpeed ZeRO-3's partitioned parameters.
     """
 
     def __init__(self, base_layer: nn.Module, config: MoR1EConfig, router: MoR1ERouter | None = None):
@@ -224,6 +173,7 @@ class MoR1ELinear(nn.Module):
             # _modules keeps state_dict, parameters() and save/load free of duplicates.
             self.mor1e_router = None
             self.__dict__["_shared_router"] = router
+        self.group = ProjectionGroup([self])  # wrap puts projections that read one input together
 
     @property
     def router(self) -> MoR1ERouter:
@@ -272,7 +222,10 @@ class MoR1ELinear(nn.Module):
         return F.linear(z, self.mor1e_B)  # (..., d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.update(x)
+        base = self._modules["base_layer"](x)  # registry reads: this runs for every projection
+        if partitioned(param(self, "mor1e_A")):  # ZeRO-3: only this module's own parameters are gathered
+            return base + self.update(x)
+        return base + self.group.update(self, x)
 
 
 def _scales(scale) -> bool:
@@ -320,6 +273,7 @@ class MoLoRARouter(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
         self.token_mask: torch.Tensor | None = None
         self.last_aux_loss: torch.Tensor | None = None
+        self.routing_observers: list = []  # see mor1e.routing.RoutingObserver (router telemetry)
 
     @property
     def aux_loss_coef(self) -> float:
@@ -330,7 +284,10 @@ class MoLoRARouter(nn.Module):
         logits = F.linear(x, self.weight)  # (..., E)
         if cfg.aux_loss_coef > 0:
             self.last_aux_loss = load_balancing_loss(logits, cfg.router_temperature, self.token_mask)
-        return token_routing(logits, cfg.router_temperature, cfg.top_k)
+        weights = token_routing(logits, cfg.router_temperature, cfg.top_k)
+        if self.routing_observers:
+            notify(self, weights, None)
+        return weights
 
 
 class MoLoRALinear(nn.Module):

@@ -5,10 +5,12 @@
             model(**batch)                     # any number of forwards; no extra pass is run
     telemetry.summary()  # {"router_gate_mean": 0.5, "router_load_entropy": 0.98, ...}
 
-Collection uses forward hooks on every MoR1E router with a token router (``MoR1ERouter``) and on
-every MoLoRA router (``MoLoRARouter``).  A router shared by q/k/v (``share_routers``) computes its
-routing once per input and the hook fires once per actual computation, so shared routings are
-counted once.  Only real tokens count: the hook weighs each position by the batch's token mask
+Collection adds an observer (``routing_observers``, see ``mor1e.routing``) to every MoR1E router
+with a token router (``MoR1ERouter``) and to every MoLoRA router (``MoLoRARouter``); a router shows
+each routing it computes to its observers, whichever path computed it (the fused group forward of
+``mor1e/fused.py`` or the module-by-module one).  A router shared by q/k/v (``share_routers``)
+computes its routing once per input and is observed once per actual computation, so shared
+routings are counted once.  Only real tokens count: the observer weighs each position by the batch's token mask
 (``mor1e.token_mask``; without one every position counts).  Accumulation stays on the router's
 device, weighted rather than indexed, with no ``.item()`` or other host sync per batch.
 
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mor1e.layers import MoLoRARouter, MoR1ERouter, Routing, token_weights
+from mor1e.layers import MoLoRARouter, MoR1ERouter, token_weights
 
 TELEMETRY_KEYS = (
     "router_gate_mean",
@@ -169,7 +171,7 @@ class _RouterCounts:
 
 
 class RouterTelemetry:
-    """Collects router statistics from forward hooks; see the module docstring."""
+    """Collects router statistics from routing observers; see the module docstring."""
 
     def __init__(self, model: nn.Module):
         self.routers = [m for m in model.modules() if _has_token_routing(m)]
@@ -178,18 +180,20 @@ class RouterTelemetry:
             raise ValueError(f"router telemetry needs one expert count per model, found {sorted(experts)}")
         masks = _MaskWeights()
         self._counts = [_RouterCounts(m.experts, masks) for m in self.routers]
-        self._handles: list = []
+        self._observers: list = []  # (router, observer) while collecting
 
     def start(self) -> "RouterTelemetry":
-        if not self._handles:
+        if not self._observers:
             for router, counts in zip(self.routers, self._counts):
-                self._handles.append(router.register_forward_hook(_hook(counts)))
+                observer = _observer(counts)
+                router.routing_observers.append(observer)
+                self._observers.append((router, observer))
         return self
 
     def stop(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        for router, observer in self._observers:
+            router.routing_observers.remove(observer)
+        self._observers = []
 
     def counts(self, device: torch.device | str = "cpu") -> TelemetryCounts:
         """The sums so far, float64 on ``device`` (one host copy here, none during the forwards)."""
@@ -212,19 +216,16 @@ def _has_token_routing(module: nn.Module) -> bool:
     return isinstance(module, MoR1ERouter) and module.token_router is not None
 
 
-def _hook(counts: _RouterCounts):
-    def observe(module: nn.Module, args, output) -> None:
-        if isinstance(output, Routing):
-            counts.add(output.token, module.token_mask, output.omega)
-        else:  # MoLoRARouter: the routing weights themselves
-            counts.add(output, module.token_mask, None)
+def _observer(counts: _RouterCounts):
+    def observe(router: nn.Module, token: torch.Tensor, omega: torch.Tensor | None) -> None:
+        counts.add(token, router.token_mask, omega)
 
     return observe
 
 
 @contextlib.contextmanager
 def router_telemetry(model: nn.Module) -> Iterator[RouterTelemetry]:
-    """``with mor1e.router_telemetry(model) as t:`` hooks every router for the block; ``t.summary()``."""
+    """``with mor1e.router_telemetry(model) as t:`` observes every router for the block; ``t.summary()``."""
     telemetry = RouterTelemetry(model).start()
     try:
         yield telemetry

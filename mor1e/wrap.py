@@ -17,13 +17,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mor1e.config import MoLoRAConfig, MoR1EConfig
+from mor1e.fused import ForwardTable, ProjectionGroup
 from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoLoRARouter, MoR1ELinear, MoR1ERouter, linear_features
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
-# Projections that read the same input inside one parent module; with share_routers they share
-# one MoR1ERouter (the authors' layer has one router per projection).  GPT-2 fuses q/k/v into
-# c_attn, so it has nothing to share.
+# Projections that read the same input inside one parent module: their MoR1E updates are computed
+# together (mor1e/fused.py), and with share_routers they share one MoR1ERouter (the authors'
+# layer has one router per projection).  GPT-2 fuses q/k/v into c_attn, so it has nothing to group.
 SHARE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # peft names its LoRA parameters lora_A / lora_B; ours carry ADAPTER_MARKER.
 _PEFT_MARKER = "lora_"
@@ -124,30 +125,54 @@ def _lora_fields(config: LoraConfig) -> dict:
     return {f.name: getattr(config, f.name) for f in fields(config) if f.init}
 
 
+def _same_input_groups(model: nn.Module, targets: list[str]) -> list[list[str]]:
+    """Full names of the targets that read one input (SHARE_GROUPS members of one parent with one
+    input width), two or more per group."""
+    by_parent: dict[str, list[str]] = {}
+    for full in targets:
+        by_parent.setdefault(full.rpartition(".")[0], []).append(full.rsplit(".", 1)[-1])
+    groups = []
+    for parent_name, children in by_parent.items():
+        parent = model.get_submodule(parent_name) if parent_name else model
+        for group in SHARE_GROUPS:
+            members = [c for c in group if c in children]
+            if len(members) >= 2 and len({linear_features(getattr(parent, c))[0] for c in members}) == 1:
+                groups.append([f"{parent_name}.{c}" if parent_name else c for c in members])
+    return groups
+
+
 def _wrap_mor1e(model: nn.Module, config: MoR1EConfig) -> None:
     targets = resolve_targets(model, config.target_modules)
+    same_input = _same_input_groups(model, targets)
     routers: dict[str, MoR1ERouter] = {}  # full target name -> shared router
     if config.share_routers:
-        by_parent: dict[str, list[str]] = {}
-        for full in targets:
-            by_parent.setdefault(full.rpartition(".")[0], []).append(full.rsplit(".", 1)[-1])
-        for parent_name, children in by_parent.items():
+        for names in same_input:
+            parent_name, _, first = names[0].rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            for group in SHARE_GROUPS:
-                members = [c for c in group if c in children]
-                dims = {linear_features(getattr(parent, c))[0] for c in members}
-                if len(members) < 2 or len(dims) != 1:
-                    continue
-                weight = getattr(parent, members[0]).weight
-                router = MoR1ERouter(dims.pop(), config, dtype=weight.dtype, device=weight.device)
-                router.shared = True
-                # Registered once, on the module that owns the projections.
-                parent.add_module(f"{ADAPTER_MARKER}router_" + "_".join(members), router)
-                for c in members:
-                    routers[f"{parent_name}.{c}" if parent_name else c] = router
+            weight = getattr(parent, first).weight
+            router = MoR1ERouter(linear_features(getattr(parent, first))[0], config,
+                                 dtype=weight.dtype, device=weight.device)
+            router.shared = True
+            # Registered once, on the module that owns the projections.
+            parent.add_module(f"{ADAPTER_MARKER}router_" + "_".join(n.rsplit(".", 1)[-1] for n in names), router)
+            for name in names:
+                routers[name] = router
+    layers: dict[str, MoR1ELinear] = {}
     for full in targets:
         parent, child = _parent(model, full)
-        setattr(parent, child, MoR1ELinear(getattr(parent, child), config, router=routers.get(full)))
+        layers[full] = MoR1ELinear(getattr(parent, child), config, router=routers.get(full))
+        setattr(parent, child, layers[full])
+    for names in same_input:
+        group = ProjectionGroup([layers[n] for n in names])
+        for name in names:
+            layers[name].group = group
+    # Every projection's coefficients of G once per forward of the wrapped model: the table opens
+    # when the model's forward starts and closes when it ends, even by an exception.
+    groups = list({id(layer.group): layer.group for layer in layers.values()}.values())
+    table = ForwardTable(groups)
+    model.register_forward_pre_hook(table.enter)
+    model.register_forward_hook(table.exit, always_call=True)
+    model._mor1e_forward_table = table
 
 
 def _routers(model: nn.Module) -> list[MoR1ERouter]:

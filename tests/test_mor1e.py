@@ -347,8 +347,8 @@ def test_shared_router_computes_once_per_input_and_stays_correct(tiny):
     randomise_adapters(model)
     mor1e.set_intuition(model, torch.rand(2, 3))
     attn = model.model.layers[0].self_attn
-    calls = []
-    attn.q_proj.router.token_router.register_forward_hook(lambda *a: calls.append(1))
+    calls = []  # every routing the shared router computes is shown to its observers (router telemetry)
+    attn.q_proj.router.routing_observers.append(lambda *a: calls.append(1))
     x = torch.randn(2, 5, 64)
     x2 = x.clone()  # equal values, another tensor: the reference below cannot hit the cache for x
     expected = [layer.base_layer(x2) + layer.update(x2, layer.routing_matrix(x2)) for layer in (attn.q_proj, attn.k_proj)]
