@@ -22,12 +22,13 @@ from typing import Any
 
 import yaml
 
+# The dataset registry lives with the adapters (plain data, no torch): DATASETS is the paper's 14
+# (`datasets: all`), KNOWN_DATASETS every name a profile may list, SUITES the names a profile may
+# give instead of a list (all, commonsense8).
+from harness.data.adapters import DATASETS, KNOWN_DATASETS, SUITES  # noqa: F401 (re-exported)
+
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-DATASETS = (
-    "boolq", "multirc", "wic", "wsc", "rte", "copa", "winogrande",
-    "anli", "hellaswag", "piqa", "siqa", "openbookqa", "mmlu", "commonsense_qa",
-)
 SEARCHED_METHODS = ("mor1e", "lora", "molora", "dense")
 REFERENCE_METHODS = ("zeroshot",)
 ROLES = ("scientific", "nuisance", "fixed")
@@ -328,10 +329,13 @@ def parse_profile(
         raise ConfigError(f"{source}: study name {raw['study']!r} may use only letters, digits, '-', '_', '.'")
 
     datasets = raw.get("datasets", "all")
-    datasets = list(DATASETS) if datasets == "all" else _as_list(datasets, f"{source}: datasets")
+    if isinstance(datasets, str) and datasets in SUITES:
+        datasets = list(SUITES[datasets])
+    datasets = _as_list(datasets, f"{source}: datasets")
     for d in datasets:
-        if d not in DATASETS:
-            raise ConfigError(f"{source}: unknown dataset {d!r} (known: {', '.join(DATASETS)})")
+        if d not in KNOWN_DATASETS:
+            raise ConfigError(f"{source}: unknown dataset {d!r} (known: {', '.join(KNOWN_DATASETS)}; "
+                              f"suites: {', '.join(SUITES)})")
     if len(set(datasets)) != len(datasets) or not datasets:
         raise ConfigError(f"{source}: datasets must be a non-empty list without repeats")
     raw["datasets"] = datasets
