@@ -4,7 +4,7 @@
           [--skip-bad-rows] [--seed S] [--json]
     synth --out DIR [--seed S] [--train N] [--validation M] [--datasets NAMES|SUITE]
     audit [--data-dir DIR] [--datasets NAMES|SUITE] [--train N] [--validation M] [--seed S]
-          [--limit N] [--tokenizer NAME|none] [--json]
+          [--limit N] [--tokenizer NAME|none] [--json] [--conflicts]
 
 SPLIT is a split name of the dataset (``validation``, ``dev_r1``, ...), or
 ``NAME[selection]`` / ``NAME[train]`` for the two carved parts of the train split,
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="model preset whose tokenizer counts option tokens; 'none' skips the token rules")
     audit.add_argument("--skip-bad-rows", action="store_true")
     audit.add_argument("--json", action="store_true", help="one JSON object per dataset")
+    audit.add_argument("--conflicts", action="store_true",
+                       help="also: how cleanly k-means on the intuition embeddings of the training rows separates "
+                            "each conflicting pair of twins (cluster purity)")
     return p
 
 
@@ -155,17 +158,46 @@ def _audit(args: argparse.Namespace) -> int:
             data_dir = tmp
             print(f"synthetic twins, seed {args.seed}: {args.train} train / {args.validation} report rows each",
                   file=sys.stderr)
-        results = []
+        results, train_rows = [], []
         for name in datasets:
             adapter = get_adapter(name)
             train, report = load(data_dir, name, adapter.train_split), load(data_dir, name, adapter.report_split)
             results.append(audit_examples(name, train, report, token_count=token_count))
+            train_rows += train
     if args.json:
         for r in results:
             print(json.dumps(r.as_dict()))
     else:
         print(format_table(results))
+    if args.conflicts:
+        _print_conflicts(train_rows, datasets, as_json=args.json)
     return 0
+
+
+CONFLICT_KS = (2, 4, 8, 16, 32)  # 2: the pair alone; the rest: the whole mixture, MoR1E's num_clusters range
+
+
+def _print_conflicts(train_rows, datasets, *, as_json: bool) -> None:
+    from harness.data.audit import conflict_separation
+    from harness.data.synth import CONFLICTS
+
+    pairs = [(a, b) for a, b, _ in CONFLICTS if a in datasets and b in datasets]
+    if not pairs:
+        raise DataError(f"--conflicts: no conflicting pair among {' '.join(datasets)}")
+    purity = {}
+    for a, b in pairs:
+        pair_rows = [ex for ex in train_rows if ex.dataset in (a, b)]
+        purity.update(conflict_separation(pair_rows, [(a, b)], ks=CONFLICT_KS[:1]))
+    purity.update(conflict_separation(train_rows, pairs, ks=[k for k in CONFLICT_KS[1:] if k <= len(train_rows)]))
+    if as_json:
+        for (a, b, k), value in purity.items():
+            print(json.dumps({"pair": [a, b], "k": k, "mixture": k != CONFLICT_KS[0], "purity": value}))
+        return
+    ks = sorted({k for _, _, k in purity})
+    print("\n| conflicting pair | " + " | ".join(f"k={k}" + (" (pair alone)" if k == 2 else "") for k in ks) + " |")
+    print("|---|" + "---|" * len(ks))
+    for a, b in pairs:
+        print(f"| {a} / {b} | " + " | ".join(f"{purity[(a, b, k)]:.2f}" for k in ks) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,3 +185,36 @@ def format_table(results: Sequence[AuditResult]) -> str:
                      f"{100 * r.duplicate_rate:.1f}% | {r.best_rule} | {100 * r.best_rule_accuracy:.1f}% | "
                      f"{100 * r.majority_rate:.1f}% | {dependence} |")
     return "\n".join(lines)
+
+
+def pair_purity(assignments: Sequence[int], owners: Sequence[str], a: str, b: str) -> float:
+    """How cleanly clusters separate twins ``a`` and ``b``: over the examples of the two, the share
+    that sits in a cluster where its own twin is the majority of the pair (1.0: never mixed; 0.5: no better
+    than chance for two equal twins). Examples of other twins are ignored."""
+    counts: dict[int, Counter] = defaultdict(Counter)
+    for cluster, owner in zip(assignments, owners):
+        if owner in (a, b):
+            counts[cluster][owner] += 1
+    total = sum(sum(c.values()) for c in counts.values())
+    if total == 0:
+        raise ValueError(f"no examples of {a} or {b}")
+    return sum(max(c[a], c[b]) for c in counts.values()) / total
+
+
+def conflict_separation(examples: Sequence[Example], pairs: Sequence[tuple[str, str]], ks: Sequence[int],
+                        seed: int = 0) -> dict[tuple[str, str, int], float]:
+    """{(a, b, k): purity} of k-means (MoR1E's intuition clustering: the packaged sentence
+    embedder on ``Example.text``) over ``examples``, for each conflicting pair."""
+    import numpy as np
+
+    from mor1e.intuition import cluster_scores, embed_texts, kmeans
+
+    embeddings = embed_texts([ex.text for ex in examples])
+    owners = [ex.dataset for ex in examples]
+    out = {}
+    for k in ks:
+        centroids = kmeans(embeddings, k, seed=seed)
+        assignments = np.argmax(cluster_scores(embeddings, centroids), axis=1).tolist()  # nearest by cosine
+        for a, b in pairs:
+            out[(a, b, k)] = pair_purity(assignments, owners, a, b)
+    return out
