@@ -27,12 +27,13 @@ from typing import Any
 
 import yaml
 
+# The dataset registry lives with the adapters (plain data, no torch): DATASETS is the paper's 14
+# (`datasets: all`), KNOWN_DATASETS every name a profile may list, SUITES the names a profile may
+# give instead of a list (all, commonsense8).
+from harness.data.adapters import DATASETS, KNOWN_DATASETS, SUITES, resolve_datasets  # noqa: F401 (re-exported)
+
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-DATASETS = (
-    "boolq", "multirc", "wic", "wsc", "rte", "copa", "winogrande",
-    "anli", "hellaswag", "piqa", "siqa", "openbookqa", "mmlu", "commonsense_qa",
-)
 SEARCHED_METHODS = ("mor1e", "lora", "molora", "dense")
 REFERENCE_METHODS = ("zeroshot",)
 ROLES = ("scientific", "nuisance", "fixed")
@@ -392,14 +393,10 @@ def parse_profile(
     if not all(c.isalnum() or c in "-_." for c in raw["study"]):
         raise ConfigError(f"{source}: study name {raw['study']!r} may use only letters, digits, '-', '_', '.'")
 
-    datasets = raw.get("datasets", "all")
-    datasets = list(DATASETS) if datasets == "all" else _as_list(datasets, f"{source}: datasets")
-    for d in datasets:
-        if d not in DATASETS:
-            raise ConfigError(f"{source}: unknown dataset {d!r} (known: {', '.join(DATASETS)})")
-    if len(set(datasets)) != len(datasets) or not datasets:
-        raise ConfigError(f"{source}: datasets must be a non-empty list without repeats")
-    raw["datasets"] = datasets
+    try:
+        raw["datasets"] = list(resolve_datasets(raw.get("datasets", "all")))
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
     methods = _as_list(raw.get("methods", list(SEARCHED_METHODS)), f"{source}: methods")
     for m in methods:

@@ -115,10 +115,10 @@ def _as_set(predictions: pd.DataFrame | PredictionSet) -> PredictionSet:
 
 
 def dataset_order(names) -> list[str]:
-    """The paper's dataset order (DESIGN.md); names outside it follow, alphabetically."""
-    from harness.searchspace import DATASETS
+    """The paper's dataset order (DESIGN.md), then ARC; unknown names follow, alphabetically."""
+    from harness.searchspace import KNOWN_DATASETS as order
 
-    return sorted(names, key=lambda d: (DATASETS.index(d) if d in DATASETS else len(DATASETS), d))
+    return sorted(names, key=lambda d: (order.index(d) if d in order else len(order), d))
 
 
 def seeds_of(matrices: dict[str, pd.DataFrame]) -> tuple[int, ...]:

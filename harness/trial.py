@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.data import DATASETS, FORMATS
+from harness.data import DATASETS, FORMATS, resolve_datasets
 from harness.methods import METHODS, method_config
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -50,7 +50,8 @@ class TrialConfig:
     model: str = "smollm2-135m"
     """A preset of harness.models, a hub id or a local directory."""
     datasets: tuple[str, ...] = DATASETS
-    """The training mixture and the evaluation sets."""
+    """The training mixture and the evaluation sets: names of harness.data.KNOWN_DATASETS, or a suite
+    name (``all``: the paper's 14; ``commonsense8``), or a comma-separated string of names."""
     hparams: dict[str, Any] = field(default_factory=dict)
     """Method hyperparameters (harness.methods.apply_method keys)."""
     learning_rate: float = 1e-3
@@ -124,16 +125,7 @@ class TrialConfig:
             raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(METHODS)}")
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
-        if isinstance(self.datasets, str):
-            self.datasets = tuple(d for d in self.datasets.split(",") if d) if self.datasets != "all" else DATASETS
-        self.datasets = tuple(self.datasets)
-        if not self.datasets:
-            raise ValueError("datasets must name at least one dataset")
-        unknown = [d for d in self.datasets if d not in DATASETS]
-        if unknown:
-            raise ValueError(f"unknown dataset(s) {', '.join(unknown)}: expected names from {' '.join(DATASETS)}")
-        if len(set(self.datasets)) != len(self.datasets):
-            raise ValueError(f"datasets has duplicates: {', '.join(self.datasets)}")
+        self.datasets = resolve_datasets(self.datasets)
         if not isinstance(self.hparams, dict):
             raise ValueError(f"hparams must be a dict, got {type(self.hparams).__name__}")
         self.hparams = dict(self.hparams)

@@ -4,15 +4,17 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.data import (DATASETS, DataError, Example, LoadStats, convert_row, load_examples, load_split,
-                          selection_rows, split_name)
-from harness.data.adapters import ADAPTERS
+from harness.data import (DATASETS, KNOWN_DATASETS, SUITES, DataError, Example, LoadStats, carve_sizes, convert_row,
+                          load_examples, load_split, min_train_size, resolve_datasets, selection_rows, selection_size,
+                          split_name)
+from harness.data.adapters import ADAPTERS, RowError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +97,81 @@ def test_rows_cover_all_datasets_in_design_order():
     assert DATASETS == ("boolq", "multirc", "wic", "wsc", "rte", "copa", "winogrande", "anli", "hellaswag",
                         "piqa", "siqa", "openbookqa", "mmlu", "commonsense_qa")
     assert [r[0] for r in ROWS] == list(DATASETS)
+
+
+def test_registry_suites_and_their_resolution():
+    assert KNOWN_DATASETS == DATASETS + ("arc_easy", "arc_challenge")
+    assert SUITES["all"] == DATASETS
+    assert SUITES["commonsense8"] == ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy",
+                                      "arc_challenge", "openbookqa")
+    assert resolve_datasets("all") == DATASETS
+    assert resolve_datasets("commonsense8") == SUITES["commonsense8"]
+    assert resolve_datasets("arc_easy,boolq") == ("arc_easy", "boolq")
+    assert resolve_datasets(["arc_challenge"]) == ("arc_challenge",)
+    for bad, message in (("boolq,nope", "unknown dataset"), ("boolq,boolq", "duplicates"), ("", "at least one"),
+                         (["boolq", 3], "suite name or a list")):
+        with pytest.raises(ValueError, match=message):
+            resolve_datasets(bad)
+
+
+# Real ai2_arc rows: letter keys in most rows, digit keys in some; 3 to 5 choices.
+ARC_ROWS = [
+    ("arc_easy",
+     {"id": "Mercury_7179953", "question": "Which two body systems are directly involved in movement?",
+      "choices": {"text": ["muscular and skeletal", "digestive and muscular", "skeletal and respiratory",
+                           "respiratory and digestive"], "label": ["A", "B", "C", "D"]}, "answerKey": "A"},
+     "Question: Which two body systems are directly involved in movement?\nA. muscular and skeletal\n"
+     "B. digestive and muscular\nC. skeletal and respiratory\nD. respiratory and digestive\nAnswer:", 0),
+    ("arc_challenge",
+     {"id": "NYSEDREGENTS_2015_8_20", "question": "Which statement best describes a mineral?",
+      "choices": {"text": ["It is a liquid.", "It is a solid.", "It is a gas."], "label": ["1", "2", "3"]},
+      "answerKey": "2"},
+     "Question: Which statement best describes a mineral?\nA. It is a liquid.\nB. It is a solid.\n"
+     "C. It is a gas.\nAnswer:", 1),
+    ("arc_challenge",
+     {"id": "Mercury_SC_416133", "question": "Which is a renewable resource?",
+      "choices": {"text": ["coal", "oil", "natural gas", "wood", "uranium"], "label": ["A", "B", "C", "D", "E"]},
+      "answerKey": "D"},
+     "Question: Which is a renewable resource?\nA. coal\nB. oil\nC. natural gas\nD. wood\nE. uranium\nAnswer:", 3),
+    ("arc_easy",
+     {"id": "MCAS_2000_4_6", "question": "Which tool measures mass?",
+      "choices": {"text": ["ruler", "balance", "thermometer", "clock", "cup"], "label": ["1", "2", "3", "4", "5"]},
+      "answerKey": "5"},
+     "Question: Which tool measures mass?\nA. ruler\nB. balance\nC. thermometer\nD. clock\nE. cup\nAnswer:", 4),
+]
+
+
+@pytest.mark.parametrize("dataset,row,prompt,gold", ARC_ROWS, ids=["easy-letters-4", "challenge-digits-3",
+                                                                   "challenge-letters-5", "easy-digits-5"])
+def test_arc_rows_both_label_kinds_and_three_to_five_choices(dataset, row, prompt, gold):
+    ex = convert_row(dataset, row, id="x")
+    assert ex.prompt == prompt and ex.gold == gold and ex.choices == tuple(row["choices"]["text"])
+    assert ex.options == tuple(" " + "ABCDE"[i] for i in range(len(ex.choices)))
+    cloze = convert_row(dataset, row, id="x", fmt="cloze")
+    assert cloze.prompt == f"Question: {row['question']}\nAnswer:" and cloze.gold == gold
+    assert cloze.options == tuple(" " + t for t in row["choices"]["text"])
+    assert ex.text == row["question"]
+
+
+@pytest.mark.parametrize("row,message", [
+    (dict(ARC_ROWS[0][1], answerKey="E"), "not among"),
+    (dict(ARC_ROWS[1][1], answerKey="C"), "not among"),  # a letter key for digit labels
+    (dict(ARC_ROWS[0][1], answerKey=""), "unlabeled"),
+    ({"id": "x", "question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"},
+     "3 to 5 choices"),
+    ({"id": "x", "question": "q", "choices": {"text": list("abcdef"), "label": list("ABCDEF")}, "answerKey": "A"},
+     "3 to 5 choices"),
+])
+def test_malformed_arc_rows_raise(row, message):
+    with pytest.raises(RowError, match=message):
+        convert_row("arc_easy", row, id="x")
+
+
+def test_arc_adapters_read_ai2_arc_and_report_on_test():
+    for name, config in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
+        a = ADAPTERS[name]
+        assert (a.hub_id, a.config, a.train_split, a.report_split) == ("allenai/ai2_arc", config, "train", "test")
+        assert split_name(name, "report") == "test" and split_name(name, "selection") == "train[selection]"
 
 
 @pytest.mark.parametrize("dataset,row,prompt,choices,gold", ROWS, ids=[r[0] for r in ROWS])
@@ -208,8 +285,10 @@ def test_selection_is_disjoint_deterministic_and_covers_train(tmp_path):
     assert [e.id for e in load_examples("boolq", "selection", data_dir=tmp_path)] == [e.id for e in selection]
     other_seed = load_examples("boolq", "selection", data_dir=tmp_path, seed=1)
     assert {e.id for e in other_seed} != {e.id for e in selection}
-    assert selection_rows("boolq", 50) == selection_rows("boolq", 50)
-    assert len(selection_rows("mmlu", 100_000)) == 500  # capped
+    raw = _boolq_rows(50)
+    assert selection_rows("boolq", raw) == selection_rows("boolq", raw)
+    many = [{"question": f"q{i}", "choices": ["a", "b", "c", "d"], "answer": 0} for i in range(100_000)]
+    assert len(selection_rows("mmlu", many)) == 500  # capped
     assert [e.id for e in load_examples("boolq", "train", data_dir=tmp_path, limit=3)] == [e.id for e in train[:3]]
 
 
@@ -294,3 +373,108 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     res = _cli("show", "--dataset", "boolq", "--split", "validation", "--data-dir", str(tmp_path), "--json",
                "--skip-bad-rows")
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 3 and "skipped 1 bad row(s)" in res.stderr
+
+
+# ------------------------------------------------------------------ grouped selection carve
+
+def _multirc_rows(n_paragraphs, answers_per_paragraph):
+    """Real MultiRC schema: one row per (paragraph, question, candidate answer)."""
+    rows = []
+    for p in range(n_paragraphs):
+        for q in range(2):
+            for a in range(answers_per_paragraph):
+                rows.append({"paragraph": f"Paragraph {p} tells a story about person {p}.",
+                             "question": f"What did person {p} do ({q})?", "answer": f"answer {a}",
+                             "idx": {"paragraph": p, "question": q, "answer": a}, "label": a % 2})
+    return rows
+
+
+def _wsc_rows(n_texts):
+    rows = []
+    for t in range(n_texts):
+        text = f"Ann{t} thanked Bea{t} because she helped with task {t}."
+        for noun, label in ((f"Ann{t}", 0), (f"Bea{t}", 1)):
+            rows.append({"text": text, "span1_index": 0 if label == 0 else 2, "span2_index": 4,
+                         "span1_text": noun, "span2_text": "she", "idx": len(rows), "label": label})
+    return rows
+
+
+def _boolq_passage_rows(n_passages, questions):
+    return [{"question": f"is fact {q} of passage {p} true", "passage": f"Passage {p} states {questions} facts.",
+             "idx": p * questions + q, "label": q % 2} for p in range(n_passages) for q in range(questions)]
+
+
+def _anli_rows(n_premises):
+    return [{"uid": f"u{p}-{h}", "premise": f"Premise number {p}.", "hypothesis": f"Hypothesis {h}.", "label": h,
+             "reason": ""} for p in range(n_premises) for h in range(3)]
+
+
+CARVE_CASES = [
+    ("multirc", _multirc_rows(30, 3), "paragraph"),   # 6 rows per paragraph
+    ("wsc", _wsc_rows(40), "text"),                   # 2 rows per text
+    ("boolq", _boolq_passage_rows(25, 4), "passage"),  # 4 questions per passage
+    ("anli", _anli_rows(30), "premise"),              # 3 hypotheses per premise
+]
+
+
+@pytest.mark.parametrize("dataset,rows,field", CARVE_CASES, ids=[c[0] for c in CARVE_CASES])
+def test_rows_sharing_a_context_never_straddle_the_carve(tmp_path, dataset, rows, field):
+    split = ADAPTERS[dataset].train_split
+    _write_jsonl(tmp_path / dataset / f"{split}.jsonl", rows)
+    for seed in (0, 1, 2):
+        train = load_examples(dataset, "train", data_dir=tmp_path, seed=seed)
+        selection = load_examples(dataset, "selection", data_dir=tmp_path, seed=seed)
+        ids = [e.id for e in train + selection]
+        # no row lost or duplicated
+        assert sorted(ids) == sorted(f"{dataset}-{split}-{i}" for i in range(1, len(rows) + 1))
+        contexts = {side: {rows[int(e.id.rsplit("-", 1)[1]) - 1][field] for e in exs}
+                    for side, exs in (("train", train), ("selection", selection))}
+        assert contexts["selection"] and not contexts["train"] & contexts["selection"], seed
+        # whole groups, as many rows as fit under the target, never over it
+        assert 0 < len(selection) <= selection_size(len(rows))
+        assert len(train) >= min_train_size(len(rows))
+        assert carve_sizes(dataset, rows, seed) == (len(train), len(selection))
+    # seeded: another seed moves other groups; the same seed the same ones
+    assert selection_rows(dataset, rows, 0) != selection_rows(dataset, rows, 1)
+    assert selection_rows(dataset, rows, 0) == selection_rows(dataset, copy_rows(rows), 0)
+
+
+def copy_rows(rows):
+    return json.loads(json.dumps(rows))
+
+
+def test_carve_is_stable_when_the_file_is_reordered_and_fills_its_target():
+    rows = _multirc_rows(40, 1)  # 2 rows per paragraph; target 16 of 80 rows: exactly fillable
+    chosen = selection_rows("multirc", rows, 0)
+    assert len(chosen) == selection_size(len(rows)) == 16
+    shuffled = list(reversed(rows))
+    chosen_again = selection_rows("multirc", shuffled, 0)
+    assert {rows[i]["paragraph"] for i in chosen} == {shuffled[i]["paragraph"] for i in chosen_again}
+
+
+def test_a_group_larger_than_the_target_stays_in_train_and_bad_rows_are_their_own_group(tmp_path):
+    rows = _boolq_passage_rows(1, 30) + _boolq_rows(20)  # one passage with 30 questions, 20 single rows
+    chosen = selection_rows("boolq", rows, 0)
+    assert len(chosen) == selection_size(50) == 10 and not chosen & set(range(30))
+    with_bad = rows + ["{not json", {"label": 1}]
+    path = tmp_path / "boolq" / "train.jsonl"
+    _write_jsonl(path, with_bad)
+    stats_train, stats_sel = LoadStats(), LoadStats()
+    train = load_examples("boolq", "train", data_dir=tmp_path, skip_bad_rows=True, stats=stats_train)
+    selection = load_examples("boolq", "selection", data_dir=tmp_path, skip_bad_rows=True, stats=stats_sel)
+    assert stats_train.n_rows + stats_sel.n_rows == 52 and len(train) + len(selection) == 50
+
+
+@pytest.mark.parametrize("dataset", ["boolq", "multirc", "wsc", "rte", "anli", "siqa", "winogrande", "hellaswag"])
+def test_twins_carve_by_their_shared_contexts_too(tmp_path, dataset):
+    from harness.data import write_synthetic
+    from harness.data.groups import group_key
+
+    write_synthetic(tmp_path, seed=0, n_train=64, n_validation=8, datasets=(dataset,))
+    split = ADAPTERS[dataset].train_split
+    rows = [json.loads(line) for line in (tmp_path / dataset / f"{split}.jsonl").read_text().splitlines()]
+    chosen = selection_rows(dataset, rows, 0)
+    keys = {side: {group_key(dataset, r) for i, r in enumerate(rows) if (i in chosen) == side} for side in (True, False)}
+    assert len(rows) - len(chosen) >= min_train_size(64) == 52
+    assert keys[True] and not keys[True] & keys[False]
+    assert any(n > 1 for n in Counter(group_key(dataset, r) for r in rows).values())

@@ -4,7 +4,7 @@ import yaml
 from profiles import default_profile_with
 
 from harness.searchspace import (
-    DATASETS,
+    SUITES,
     METHOD_PARAMS,
     SEARCHED_METHODS,
     SPACES_DIR,
@@ -40,7 +40,8 @@ def test_every_shipped_file_loads_and_tags_every_parameter(path):
     else:
         profile = load_profile(str(path))
         assert set(profile.spaces) == set(profile.methods)
-        assert profile.datasets == list(DATASETS)
+        suite = yaml.safe_load(path.read_text()).get("datasets", "all")
+        assert profile.datasets == list(SUITES[suite] if suite in SUITES else suite)
         for m, space in profile.spaces.items():
             lr, hp = expand_params(m, {k: _some_value(p) for k, p in space.searched().items()}, space)
             assert lr > 0 and set(hp) <= METHOD_PARAMS[m] | {"r1", "r2", "alpha"}

@@ -1,14 +1,17 @@
-"""Synthetic twins: deterministic, in each dataset's schema, balanced, and read by the real adapters."""
+"""Synthetic twins: deterministic, in each dataset's schema, read by the real adapters, and built
+so that only learning the documented rule scores above chance."""
 
+import copy
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 
-from harness.data import CONFLICTS, DATASETS, TWIN_RULES, load_examples, split_name, write_synthetic
-from harness.data.adapters import ADAPTERS
-from harness.data.synth import synthetic_rows
+from harness.data import CONFLICTS, DATASETS, KNOWN_DATASETS, TWIN_RULES, load_examples, split_name, write_synthetic
+from harness.data.adapters import ADAPTERS, convert_row
+from harness.data.synth import in_report_partition, item_identity, synthetic_rows
+from harness.data.twins import PARTITION_KEYS
 
 # The field names of each dataset's HF schema (what the real files carry).
 SCHEMA = {
@@ -27,6 +30,8 @@ SCHEMA = {
     "openbookqa": {"id", "question_stem", "choices", "answerKey"},
     "mmlu": {"question", "subject", "choices", "answer"},
     "commonsense_qa": {"id", "question", "question_concept", "choices", "answerKey"},
+    "arc_easy": {"id", "question", "choices", "answerKey"},
+    "arc_challenge": {"id", "question", "choices", "answerKey"},
 }
 # label types as the hub stores them
 STRING_LABELS = {"winogrande": "answer", "hellaswag": "label", "siqa": "label"}
@@ -35,32 +40,37 @@ STRING_LABELS = {"winogrande": "answer", "hellaswag": "label", "siqa": "label"}
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
     out = tmp_path_factory.mktemp("twins")
-    write_synthetic(out, seed=0, n_train=60, n_validation=30)
+    write_synthetic(out, seed=0, n_train=60, n_validation=30, datasets=KNOWN_DATASETS)
     return out
 
 
+def _rows(root, name, split):
+    return [json.loads(line) for line in (root / name / f"{split}.jsonl").read_text().splitlines()]
+
+
 def test_same_seed_gives_byte_identical_files(twins, tmp_path):
-    write_synthetic(tmp_path / "again", seed=0, n_train=60, n_validation=30)
-    write_synthetic(tmp_path / "other", seed=1, n_train=60, n_validation=30)
+    write_synthetic(tmp_path / "again", seed=0, n_train=60, n_validation=30, datasets=KNOWN_DATASETS)
+    write_synthetic(tmp_path / "other", seed=1, n_train=60, n_validation=30, datasets=KNOWN_DATASETS)
     files = sorted(p.relative_to(twins) for p in twins.rglob("*.jsonl"))
-    assert len(files) == 28
+    assert len(files) == 2 * len(KNOWN_DATASETS)
     for rel in files:
         assert (twins / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
-    assert any((twins / rel).read_bytes() != (tmp_path / "other" / rel).read_bytes() for rel in files)
+    assert all((twins / rel).read_bytes() != (tmp_path / "other" / rel).read_bytes() for rel in files)
 
 
-def test_writes_train_and_report_split_of_each_adapter(twins):
+def test_default_writes_the_paper_fourteen_with_their_splits(tmp_path):
+    write_synthetic(tmp_path, n_train=8, n_validation=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DATASETS)
     for name in DATASETS:
         for role in ("train", "report"):
-            assert (twins / name / f"{split_name(name, role)}.jsonl").is_file()
-    assert (twins / "anli" / "train_r1.jsonl").is_file() and (twins / "anli" / "dev_r1.jsonl").is_file()
-    assert (twins / "mmlu" / "auxiliary_train.jsonl").is_file()
+            assert (tmp_path / name / f"{split_name(name, role)}.jsonl").is_file()
+    assert (tmp_path / "anli" / "train_r1.jsonl").is_file() and (tmp_path / "anli" / "dev_r1.jsonl").is_file()
+    assert (tmp_path / "mmlu" / "auxiliary_train.jsonl").is_file()
 
 
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", KNOWN_DATASETS)
 def test_rows_have_real_schema_and_label_types(twins, name):
-    split = ADAPTERS[name].train_split
-    rows = [json.loads(line) for line in (twins / name / f"{split}.jsonl").read_text().splitlines()]
+    rows = _rows(twins, name, ADAPTERS[name].train_split)
     assert len(rows) == 60
     for row in rows:
         assert set(row) == SCHEMA[name]
@@ -77,87 +87,253 @@ def test_rows_have_real_schema_and_label_types(twins, name):
             words = row["text"].split()
             assert words[row["span1_index"]] == row["span1_text"]
             assert words[row["span2_index"]] == row["span2_text"]
+    if name.startswith("arc_"):
+        rows = synthetic_rows(name, "train", 400)
+        assert {len(r["choices"]["text"]) for r in rows} == {3, 4, 5}
+        assert {r["answerKey"] for r in rows} >= set("ABCD") | set("1234")
 
 
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", KNOWN_DATASETS)
 def test_every_twin_row_passes_its_adapter_with_balanced_gold(twins, name):
-    for role, n in (("train", 48), ("selection", 12), ("report", 30)):
+    n_train = sum(len(load_examples(name, "train", data_dir=twins, fmt=fmt)) for fmt in ("letter",))
+    n_selection = len(load_examples(name, "selection", data_dir=twins))
+    assert n_train + n_selection == 60 and 1 <= n_selection <= 12
+    for role in ("train", "selection", "report"):
         for fmt in ("letter", "cloze"):
             examples = load_examples(name, role, data_dir=twins, fmt=fmt)
-            assert len(examples) == n
             assert all(ex.prompt == ex.prompt.rstrip() for ex in examples)
     examples = load_examples(name, "report", data_dir=twins)
-    k = len(examples[0].options)
+    k = max(len(ex.options) for ex in examples)
     counts = Counter(ex.gold for ex in examples)
-    assert set(counts) == set(range(k)) and max(counts.values()) - min(counts.values()) <= 1
+    if not name.startswith("arc_"):
+        assert set(counts) == set(range(k)) and max(counts.values()) - min(counts.values()) <= 2
 
 
 def test_prompts_are_short(twins):
-    # Training runs on 2 CPU cores: letter prompts stay well under ~60 SmolLM2 tokens.
-    # Word count is a cheap upper-bound proxy here (the tokenizer is checked by the probe).
-    for name in DATASETS:
+    # Training runs on 2 CPU cores: letter prompts stay short (word count is a cheap proxy for tokens).
+    for name in KNOWN_DATASETS:
         for ex in load_examples(name, "report", data_dir=twins):
-            assert len(re.findall(r"\w+|[^\w\s]", ex.prompt)) <= 75, (name, ex.prompt)
+            assert len(re.findall(r"\w+|[^\w\s]", ex.prompt)) <= 60, (name, ex.prompt)
 
 
-def _check_rule(name, row):
-    """Re-derive the gold answer of a twin row from its text alone, independently of the generator."""
-    num = lambda s: [int(x) for x in re.findall(r"\d+", s)]  # noqa: E731
-    if name == "rte":
-        counts = dict(re.findall(r"(\w+) has (\d+)", row["premise"]))
-        x, rel, y = re.match(r"(\w+) has (more|fewer) \w+ than (\w+)", row["hypothesis"]).groups()
-        true = (int(counts[x]) > int(counts[y])) == (rel == "more")
-        return row["label"] == (0 if true else 1)
-    if name == "anli":
-        counts = dict(re.findall(r"(\w+) has (\d+)", row["premise"]))
-        x, rel, y = re.match(r"(\w+) has (more|fewer) \w+ than (\w+)", row["hypothesis"]).groups()
-        if x not in counts:
-            return row["label"] == 1
-        inverted_true = (int(counts[x]) < int(counts[y])) == (rel == "more")
-        return row["label"] == (0 if inverted_true else 2)
-    if name == "piqa":
-        w = [num(row["sol1"])[0], num(row["sol2"])[0]]
-        return row["label"] == w.index(max(w))
-    if name == "siqa":
-        w = [num(row[k])[0] for k in ("answerA", "answerB", "answerC")]
-        return int(row["label"]) - 1 == w.index(min(w))
-    if name == "multirc":
-        counts = dict(re.findall(r"(\w+) has (\d+)", row["paragraph"]))
-        best = max(counts, key=lambda p: int(counts[p]))
-        return row["label"] == int(row["answer"] == best)
-    if name == "mmlu":
-        scores = dict(re.findall(r"(\w+) scored (\d+)", row["question"]))
-        asked = re.search(r"What did (\w+) score", row["question"]).group(1)
-        return row["choices"][row["answer"]] == scores[asked]
-    if name == "hellaswag":
-        seq = num(row["ctx_a"])
-        return row["endings"][int(row["label"])] == f"{2 * seq[-1] - seq[-2]}."
+# ------------------------------------------------------------------ rules, re-derived here
+# Each documented rule, written out again from TWIN_RULES (not imported from the generator),
+# recomputes a row's gold from its text alone; the label in the row must agree.
+
+TAME, WILD = {"dax", "wug", "fep"}, {"zorp", "tove", "mip"}
+COLD, WARM = {"blick", "slon", "norp"}, {"gax", "vump", "tiz"}
+SHINY, UNKNOWN, DULL = {"krell", "bofa", "dring"}, {"yurn", "quab", "hazz"}, {"pleck", "moxa", "stib"}
+VELO, NOT_VELO = {"Abo", "Ceri", "Dunn", "Eppa"}, {"Fosk", "Gavi", "Hule", "Iro"}
+SHE, HE = {"Tolo", "Brin", "Kasa", "Merv"}, {"Lita", "Dusk", "Pomo", "Renn"}
+COPA = {"The bell rang": "The lamp went green", "The drum was struck": "The door opened",
+        "The whistle blew": "The birds flew off", "The red flag went up": "The shop closed",
+        "The horn sounded": "The river rose", "The candle was lit": "The dog barked",
+        "The gate was painted": "The bread went stale", "The clock stopped": "The pond froze",
+        "The kite was raised": "The cart rolled away", "The well ran dry": "The choir sang",
+        "The mirror cracked": "The fish jumped", "The rope was cut": "The tower glowed",
+        "The bowl was filled": "The wind dropped", "The key was turned": "The hens sat down",
+        "The coin was tossed": "The roof leaked", "The map was folded": "The milk went sour"}
+TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell", "Digging": "snib",
+         "Rowing": "trop"}
+JOB_TOOLS = {"baker": "plove", "sailor": "grisk", "farmer": "tulp", "tailor": "wemb", "miner": "frosh",
+             "potter": "klib", "weaver": "smeck", "smith": "yarl"}
+SEA = {"pim": "red", "tass": "blue", "rulo": "green", "vek": "white"}
+SPACE = {"pim": "blue", "tass": "green", "rulo": "white", "vek": "red"}
+LAB = {"dopple": "round", "frint": "square", "gorm": "flat", "hask": "long", "jibb": "bent"}
+FARM = {"dopple": "flat", "frint": "long", "gorm": "bent", "hask": "round", "jibb": "square"}
+QUESTION = re.compile(r"(?P<place>.+), what (colour|shape) is \w+'s (\w+ )?(?P<key>\w+)\?")
+
+
+def _keyed(row, key_field="answerKey"):
+    labels = row["choices"]["label"]
+    return row["choices"]["text"][labels.index(row[key_field])]
+
+
+def _table_answer(question, tables):
+    m = QUESTION.fullmatch(question)
+    place = m.group("place")
+    domain = next(d for d, (words, _) in tables.items() if any(w in place.split() for w in words))
+    return tables[domain][1][m.group("key")]
+
+
+def expected_ok(name, row) -> bool:
+    """True iff the row's label is what its twin's documented rule gives for its text."""
     if name == "boolq":
-        m = re.match(r"does (\w+) own a (\w+) (\w+)", row["question"])
-        fact = f"{m.group(1).capitalize()} owns a {m.group(2)} {m.group(3)}."
-        return row["label"] == int(fact in row["passage"])
-    if name == "openbookqa":
-        kinds = dict(re.findall(r"Every (\w+) is (\w+)\.", row["question_stem"]))
-        kind = re.search(r"\w+ is a (\w+)\.", row["question_stem"]).group(1)
-        return row["choices"]["text"]["ABCD".index(row["answerKey"])] == kinds[kind]
+        x = re.fullmatch(r"is the (\w+) tame", row["question"]).group(1)
+        return re.search(rf"\b{x}\b", row["passage"]) is not None and row["label"] == int(x in TAME)
+    if name == "multirc":
+        return (row["question"] == "Who is from Velo?" and row["answer"] in row["paragraph"]
+                and row["label"] == int(row["answer"] in VELO))
+    if name == "wic":
+        v1, v2 = (s.split()[1] for s in (row["sentence1"], row["sentence2"]))
+        return row["label"] == int(v1 == v2)
+    if name == "wsc":
+        return row["span2_text"] == "she" and row["label"] == int(row["span1_text"] in SHE)
+    if name == "rte":
+        x = re.fullmatch(r"The (\w+) is cold\.", row["hypothesis"]).group(1)
+        return x in row["premise"] and row["label"] == (0 if x in COLD else 1)
+    if name == "anli":
+        x = re.fullmatch(r"The (\w+) is shiny\.", row["hypothesis"]).group(1)
+        return x in row["premise"] and row["label"] == (0 if x in SHINY else 2 if x in DULL else 1)
+    if name == "copa":
+        premise = row["premise"].rstrip(".")
+        table = COPA if row["question"] == "effect" else {e: c for c, e in COPA.items()}
+        return [row["choice1"], row["choice2"]][row["label"]] == table[premise] + "."
+    if name == "winogrande":
+        a, verb, b = re.match(r"(\w+) (\w+) (\w+), so _ ", row["sentence"]).groups()
+        blank = a if verb in ("glimmed", "brusked") else b if verb in ("plorked", "vanted") else None
+        return [row["option1"], row["option2"]][int(row["answer"]) - 1] == blank
+    if name == "hellaswag":
+        return row["endings"][int(row["label"])] == TOOLS[row["activity_label"]] + "."
+    if name == "piqa":
+        key, x, y = re.search(r"needs the (\w+) of the (\w+) and the (\w+)\.", row["goal"]).groups()
+        obj = {"zib": x, "mog": y}[key]
+        return [row["sol1"], row["sol2"]][row["label"]] == f"Take the {obj}."
+    if name == "siqa":
+        things = re.fullmatch(r"\w+ has a (\w+), a (\w+) and a (\w+)\.", row["context"]).groups()
+        key = re.fullmatch(r"Which one is the (\w+)\?", row["question"]).group(1)
+        answers = [row["answerA"], row["answerB"], row["answerC"]]
+        return answers[int(row["label"]) - 1] == things[("pif", "dask", "lom").index(key)]
+    if name in ("openbookqa", "mmlu"):
+        tables = {"sea": (("sea", "harbour", "beach", "boat", "ship"), SEA),
+                  "space": (("space", "moon", "spaceship", "comet", "rocket"), SPACE)}
+        question = row["question_stem"] if name == "openbookqa" else row["question"]
+        gold = _keyed(row) if name == "openbookqa" else row["choices"][row["answer"]]
+        return gold == _table_answer(question, tables)
     if name == "commonsense_qa":
-        materials = [t.split()[0] for t in row["choices"]["text"]]
-        odd = [i for i, m in enumerate(materials) if materials.count(m) == 1]
-        return odd == ["ABCDE".index(row["answerKey"])]
-    return True
+        job = re.fullmatch(r"What does the (\w+) \w+ carry\?", row["question"]).group(1)
+        return _keyed(row) == JOB_TOOLS[job] and row["question_concept"] == job
+    if name in ("arc_easy", "arc_challenge"):
+        tables = {"lab": (("lab", "bench"), LAB), "farm": (("farm", "field", "barn"), FARM)}
+        return _keyed(row) == _table_answer(row["question"], tables)
+    raise AssertionError(f"no rule check for {name}")
 
 
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", KNOWN_DATASETS)
 def test_answers_follow_the_documented_rule(name):
     rows = synthetic_rows(name, ADAPTERS[name].report_split, 200, seed=5)
-    assert all(_check_rule(name, row) for row in rows)
+    rows += synthetic_rows(name, ADAPTERS[name].train_split, 200, seed=6)
+    assert all(expected_ok(name, row) for row in rows)
+
+
+def _corrupt_label(name, row):
+    """The row with another valid label: the rule check must then fail."""
+    row = copy.deepcopy(row)
+    if name in ("openbookqa", "commonsense_qa", "arc_easy", "arc_challenge"):
+        labels = row["choices"]["label"]
+        row["answerKey"] = labels[(labels.index(row["answerKey"]) + 1) % len(labels)]
+    elif name == "mmlu":
+        row["answer"] = (row["answer"] + 1) % 4
+    elif name == "winogrande":
+        row["answer"] = "2" if row["answer"] == "1" else "1"
+    elif name == "hellaswag":
+        row["label"] = str((int(row["label"]) + 1) % 4)
+    elif name == "siqa":
+        row["label"] = str(int(row["label"]) % 3 + 1)
+    elif name == "anli":
+        row["label"] = (row["label"] + 1) % 3
+    else:
+        row["label"] = 1 - row["label"]
+    return row
+
+
+@pytest.mark.parametrize("name", KNOWN_DATASETS)
+def test_rule_check_fails_on_a_corrupted_row(name):
+    rows = synthetic_rows(name, ADAPTERS[name].train_split, 20, seed=3)
+    assert all(expected_ok(name, row) for row in rows)
+    assert not any(expected_ok(name, _corrupt_label(name, row)) for row in rows)
+
+
+# ------------------------------------------------------------------ what makes a twin measure learning
+
+YES_NO = ("boolq", "multirc", "wic", "wsc", "rte", "anli")
+
+
+def _groups(name, rows):
+    """The generator's groups: for yes/no twins consecutive rows sharing a context, for the
+    others runs of as many rows as the group's options (one row per gold position)."""
+    out = []
+    if name in YES_NO:
+        for row in rows:
+            key = PARTITION_KEYS[name](row)
+            if out and PARTITION_KEYS[name](out[-1][0]) == key:
+                out[-1].append(row)
+            else:
+                out.append([row])
+        return out
+    i = 0
+    while i < len(rows):
+        n = len(convert_row(name, rows[i], id="x").choices)
+        out.append(rows[i:i + n])
+        i += n
+    return out
+
+
+@pytest.mark.parametrize("name", KNOWN_DATASETS)
+def test_each_group_shares_its_options_and_covers_every_gold(name):
+    rows = synthetic_rows(name, ADAPTERS[name].train_split, 120, seed=2)
+    examples = [convert_row(name, r, id="x", fmt="letter") for r in rows]
+    by_row = dict(zip(map(id, rows), examples))
+    for group in _groups(name, rows)[:-1]:  # the last group may be cut short
+        exs = [by_row[id(r)] for r in group]
+        if name in YES_NO:
+            # yes/no-style twins: the group shares a context and its labels are balanced
+            counts = Counter(ex.gold for ex in exs)
+            assert set(counts) == set(range(len(exs[0].choices))) and len(set(counts.values())) == 1
+        else:
+            assert len({ex.choices for ex in exs}) == 1, "a group shares one ordered option tuple"
+            assert sorted(ex.gold for ex in exs) == list(range(len(exs[0].choices)))
+
+
+@pytest.mark.parametrize("name", KNOWN_DATASETS)
+def test_report_items_never_repeat_training_items_for_any_seed_or_size(name):
+    adapter = ADAPTERS[name]
+    train = {item_identity(name, r) for seed in (0, 1) for n in (30, 400)
+             for r in synthetic_rows(name, adapter.train_split, n, seed=seed)}
+    report = [r for seed in (0, 2) for n in (16, 100) for r in synthetic_rows(name, adapter.report_split, n, seed=seed)]
+    assert report and not any(item_identity(name, r) in train for r in report)
+    # the reason: every report row's partition key lies in the report partition, every train row's outside it
+    assert all(in_report_partition(name, PARTITION_KEYS[name](r)) for r in report)
+    assert not any(in_report_partition(name, PARTITION_KEYS[name](r))
+                   for r in synthetic_rows(name, adapter.train_split, 100, seed=4))
+
+
+@pytest.mark.parametrize("name,field,least", [
+    ("boolq", "passage", 2), ("multirc", "paragraph", 4), ("wsc", "text", 2), ("rte", "premise", 2),
+    ("anli", "premise", 3), ("siqa", "context", 3), ("winogrande", None, 2), ("hellaswag", "source_id", 4)])
+def test_shared_contexts_where_the_dataset_has_them(name, field, least):
+    rows = synthetic_rows(name, ADAPTERS[name].train_split, 100)
+    key = (lambda r: tuple(sorted((r["option1"], r["option2"])))) if field is None else (lambda r: r[field])
+    sizes = Counter(key(r) for r in rows)
+    assert min(sizes.values()) >= least or Counter(sizes.values()).most_common(1)[0][0] >= least
+    golds = defaultdict(set)
+    for r in rows:
+        golds[key(r)].add(json.dumps(r.get("label", r.get("answer"))))
+    assert all(len(g) > 1 for k, g in golds.items() if sizes[k] >= least)
+
+
+def _template(ex):
+    """The prompt with the instance blanked out: place phrase, name, size, key, option texts."""
+    text = QUESTION.sub(lambda m: f"<place>, what {m.group(2)} is <name>'s <key>?", ex.prompt)
+    return re.sub(r"\n([A-E])\. \w+", r"\n\1. <option>", text)
+
+
+@pytest.mark.parametrize("a,b", [(a, b) for a, b, _ in CONFLICTS])
+def test_conflicting_twins_share_the_exact_template_and_answer_by_opposite_tables(a, b):
+    assert {a, b} in ({"openbookqa", "mmlu"}, {"arc_easy", "arc_challenge"})
+    tables = (SEA, SPACE) if a == "openbookqa" else (LAB, FARM)
+    assert all(tables[0][k] != tables[1][k] for k in tables[0])  # every key answers differently
+    rows = {d: synthetic_rows(d, ADAPTERS[d].train_split, 60) for d in (a, b)}
+    for fmt in ("letter", "cloze"):
+        templates = {d: {_template(convert_row(d, r, id="x", fmt=fmt)) for r in rows[d]
+                         if len(convert_row(d, r, id="x").choices) == 4} for d in (a, b)}
+        assert len(templates[a]) == 1 and templates[a] == templates[b], templates
+    # the cue that tells them apart is inside the instance: disjoint place phrases
+    places = {d: {QUESTION.search(convert_row(d, r, id="x").prompt).group("place") for r in rows[d]} for d in (a, b)}
+    assert places[a] and places[b] and not places[a] & places[b]
 
 
 def test_rules_and_conflicts_are_documented():
-    assert tuple(TWIN_RULES) == DATASETS and all(TWIN_RULES[d] and "\n" not in TWIN_RULES[d] for d in DATASETS)
-    assert {"rte", "anli"} <= {d for pair in CONFLICTS for d in pair[:2]}
-    # the conflicting pair really shares a surface form: same premise/hypothesis template
-    rte = synthetic_rows("rte", "train", 1, seed=0)[0]
-    anli = synthetic_rows("anli", "train_r1", 1, seed=0)[0]
-    assert re.match(r"\w+ has (more|fewer) \w+ than \w+\.", rte["hypothesis"])
-    assert re.match(r"\w+ has (more|fewer) \w+ than \w+\.", anli["hypothesis"])
+    assert tuple(TWIN_RULES) == KNOWN_DATASETS
+    assert all(TWIN_RULES[d] and "\n" not in TWIN_RULES[d] for d in KNOWN_DATASETS)
+    assert len(CONFLICTS) >= 2 and all(a in KNOWN_DATASETS and b in KNOWN_DATASETS for a, b, _ in CONFLICTS)

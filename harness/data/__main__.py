@@ -1,8 +1,10 @@
-"""CLI: ``python -m harness.data show ...`` and ``python -m harness.data synth ...``.
+"""CLI: ``python -m harness.data show|synth|audit ...``.
 
     show  --dataset NAME --split SPLIT [--data-dir DIR] [--limit N] [--format letter|cloze]
           [--skip-bad-rows] [--seed S] [--json]
-    synth --out DIR [--seed S] [--train N] [--validation M]
+    synth --out DIR [--seed S] [--train N] [--validation M] [--datasets NAMES|SUITE]
+    audit [--data-dir DIR] [--datasets NAMES|SUITE] [--train N] [--validation M] [--seed S]
+          [--limit N] [--tokenizer NAME|none] [--json] [--conflicts]
 
 SPLIT is a split name of the dataset (``validation``, ``dev_r1``, ...), or
 ``NAME[selection]`` / ``NAME[train]`` for the two carved parts of the train split,
@@ -17,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.data.adapters import DATASETS, FORMATS, ROLES, DataError, get_adapter
+from harness.data.adapters import DATASETS, FORMATS, KNOWN_DATASETS, ROLES, DataError, get_adapter, resolve_datasets
 from harness.data.loading import LoadStats, load_split, split_name
 from harness.data.synth import DEFAULT_N_TRAIN, DEFAULT_N_VALIDATION, write_synthetic
 
@@ -32,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m harness.data", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     show = sub.add_parser("show", help="print examples of one split")
-    show.add_argument("--dataset", required=True, choices=DATASETS, metavar="NAME")
+    show.add_argument("--dataset", required=True, choices=KNOWN_DATASETS, metavar="NAME")
     show.add_argument("--split", default="report", help="split name, NAME[selection], or a role (default: report)")
     show.add_argument("--data-dir", default=None, help="DIR with DIR/<dataset>/<split>.jsonl or .parquet")
     show.add_argument("--limit", type=int, default=None)
@@ -40,12 +42,30 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
     show.add_argument("--seed", type=int, default=0, help="seed of the selection carve")
     show.add_argument("--json", action="store_true", help="one JSON object per line")
-    synth = sub.add_parser("synth", help="write the synthetic twins of all 14 datasets")
+    synth = sub.add_parser("synth", help="write the synthetic twins (default: the paper's 14)")
     synth.add_argument("--out", required=True, help="output DIR (DIR/<dataset>/<split>.jsonl)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--train", type=int, default=DEFAULT_N_TRAIN, help=f"train rows (default {DEFAULT_N_TRAIN})")
     synth.add_argument("--validation", type=int, default=DEFAULT_N_VALIDATION,
                        help=f"report-split rows (default {DEFAULT_N_VALIDATION})")
+    synth.add_argument("--datasets", default="all", help="a suite (all, commonsense8) or comma-separated names")
+    audit = sub.add_parser("audit", help="duplicates, option-only rules and majority class, per dataset")
+    audit.add_argument("--data-dir", default=None,
+                       help="audit DIR/<dataset>/<split>.jsonl|.parquet; default: freshly generated twins")
+    audit.add_argument("--datasets", default=None,
+                       help="a suite or comma-separated names (default: every twin, or every dataset in DIR)")
+    audit.add_argument("--train", type=int, default=DEFAULT_N_TRAIN, help="twins only: train rows per twin")
+    audit.add_argument("--validation", type=int, default=DEFAULT_N_VALIDATION,
+                       help="twins only: report rows per twin")
+    audit.add_argument("--seed", type=int, default=0, help="twins only: generator seed")
+    audit.add_argument("--limit", type=int, default=None, help="first N rows of each split")
+    audit.add_argument("--tokenizer", default="smollm2-135m",
+                       help="model preset whose tokenizer counts option tokens; 'none' skips the token rules")
+    audit.add_argument("--skip-bad-rows", action="store_true")
+    audit.add_argument("--json", action="store_true", help="one JSON object per dataset")
+    audit.add_argument("--conflicts", action="store_true",
+                       help="also: how cleanly k-means on the intuition embeddings of the training rows separates "
+                            "each conflicting pair of twins (cluster purity)")
     return p
 
 
@@ -84,17 +104,108 @@ def _synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a directory")
-    written = write_synthetic(out, seed=args.seed, n_train=args.train, n_validation=args.validation)
+    datasets = _datasets(args.datasets)
+    written = write_synthetic(out, seed=args.seed, n_train=args.train, n_validation=args.validation,
+                              datasets=datasets)
     n_files = sum(len(v) for v in written.values())
     print(f"wrote {n_files} files for {len(written)} synthetic twins under {out}", file=sys.stderr)
     return 0
 
 
+def _datasets(spec: str) -> tuple[str, ...]:
+    try:
+        return resolve_datasets(spec)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from harness.data.audit import audit_examples, format_table
+
+    if min(args.train, args.validation) < 1 or (args.limit is not None and args.limit < 1):
+        raise DataError("--train, --validation and --limit must be >= 1")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise DataError(f"--data-dir {args.data_dir} is not a directory")
+    if args.data_dir is None:
+        datasets = _datasets(args.datasets or ",".join(KNOWN_DATASETS))
+    elif args.datasets is not None:
+        datasets = _datasets(args.datasets)
+    else:
+        datasets = tuple(d for d in KNOWN_DATASETS if (Path(args.data_dir) / d).is_dir())
+        if not datasets:
+            raise DataError(f"--data-dir {args.data_dir} holds no dataset folder ({' '.join(KNOWN_DATASETS)})")
+    token_count = None
+    if args.tokenizer != "none":
+        from harness.models import check_model_name, load_tokenizer
+
+        try:
+            check_model_name(args.tokenizer)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        tokenizer = load_tokenizer(args.tokenizer)
+        token_count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+
+    def load(data_dir, name: str, split: str):
+        return load_split(name, split, data_dir=data_dir, fmt="cloze", limit=args.limit,
+                          skip_bad_rows=args.skip_bad_rows)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data_dir
+        if data_dir is None:
+            write_synthetic(tmp, seed=args.seed, n_train=args.train, n_validation=args.validation, datasets=datasets)
+            data_dir = tmp
+            print(f"synthetic twins, seed {args.seed}: {args.train} train / {args.validation} report rows each",
+                  file=sys.stderr)
+        results, train_rows = [], []
+        for name in datasets:
+            adapter = get_adapter(name)
+            train, report = load(data_dir, name, adapter.train_split), load(data_dir, name, adapter.report_split)
+            results.append(audit_examples(name, train, report, token_count=token_count))
+            train_rows += train
+    if args.json:
+        for r in results:
+            print(json.dumps(r.as_dict()))
+    else:
+        print(format_table(results))
+    if args.conflicts:
+        _print_conflicts(train_rows, datasets, as_json=args.json)
+    return 0
+
+
+CONFLICT_KS = (2, 4, 8, 16, 32)  # 2: the pair alone; the rest: the whole mixture, MoR1E's num_clusters range
+
+
+def _print_conflicts(train_rows, datasets, *, as_json: bool) -> None:
+    from harness.data.audit import conflict_separation
+    from harness.data.synth import CONFLICTS
+
+    pairs = [(a, b) for a, b, _ in CONFLICTS if a in datasets and b in datasets]
+    if not pairs:
+        raise DataError(f"--conflicts: no conflicting pair among {' '.join(datasets)}")
+    purity = {}
+    for a, b in pairs:
+        pair_rows = [ex for ex in train_rows if ex.dataset in (a, b)]
+        purity.update(conflict_separation(pair_rows, [(a, b)], ks=CONFLICT_KS[:1]))
+    purity.update(conflict_separation(train_rows, pairs, ks=[k for k in CONFLICT_KS[1:] if k <= len(train_rows)]))
+    if as_json:
+        for (a, b, k), value in purity.items():
+            print(json.dumps({"pair": [a, b], "k": k, "mixture": k != CONFLICT_KS[0], "purity": value}))
+        return
+    ks = sorted({k for _, _, k in purity})
+    print("\n| conflicting pair | " + " | ".join(f"k={k}" + (" (pair alone)" if k == 2 else "") for k in ks) + " |")
+    print("|---|" + "---|" * len(ks))
+    for a, b in pairs:
+        print(f"| {a} / {b} | " + " | ".join(f"{purity[(a, b, k)]:.2f}" for k in ks) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    commands = {"show": _show, "synth": _synth, "audit": _audit}
     try:
-        return _show(args) if args.command == "show" else _synth(args)
+        return commands[args.command](args)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

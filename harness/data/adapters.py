@@ -293,6 +293,15 @@ def _commonsense_qa(row: dict) -> Parsed:
     return Parsed(f"Question: {question}", texts, gold, question)
 
 
+def _arc(row: dict) -> Parsed:
+    # ai2_arc: 3 to 5 choices; labels and answerKey are letters in most rows, digits "1".."5" in some.
+    question = _text(row, "question")
+    texts, gold = _keyed_choices(row, None)
+    if not 3 <= len(texts) <= 5:
+        raise RowError(f"expected 3 to 5 choices, got {len(texts)}")
+    return Parsed(f"Question: {question}", texts, gold, question)
+
+
 def _mmlu(row: dict) -> Parsed:
     # cais/mmlu auxiliary_train rows were once nested as {"train": {...}}; unwrap them.
     if isinstance(row, dict) and "question" not in row and isinstance(row.get("train"), dict):
@@ -305,9 +314,10 @@ def _mmlu(row: dict) -> Parsed:
     return Parsed(f"{head}Question: {question}", choices, gold, question)
 
 
+# The usual choice count; None where rows differ (ARC has 3 to 5).
 NUM_CHOICES = {"boolq": 2, "multirc": 2, "wic": 2, "wsc": 2, "rte": 2, "copa": 2, "winogrande": 2,
                "anli": 3, "hellaswag": 4, "piqa": 2, "siqa": 3, "openbookqa": 4, "mmlu": 4,
-               "commonsense_qa": 5}
+               "commonsense_qa": 5, "arc_easy": None, "arc_challenge": None}
 
 _SG = "aps/super_glue"
 _SG_SPLITS = ("train", "validation", "test")
@@ -332,17 +342,52 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
     Adapter("mmlu", "cais/mmlu", "all", ("auxiliary_train", "dev", "validation", "test"),
             "auxiliary_train", "validation", _mmlu),
     Adapter("commonsense_qa", "tau/commonsense_qa", None, _SG_SPLITS, "train", "validation", _commonsense_qa, "id"),
+    # ARC reports on test, as lm-evaluation-harness and LLM-Adapters do; its validation split stays unused.
+    Adapter("arc_easy", "allenai/ai2_arc", "ARC-Easy", _SG_SPLITS, "train", "test", _arc, "id"),
+    Adapter("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", _SG_SPLITS, "train", "test", _arc, "id"),
 )}
 
+# The paper's 14 datasets: `datasets: all` and every default.
 DATASETS: tuple[str, ...] = ("boolq", "multirc", "wic", "wsc", "rte", "copa", "winogrande", "anli",
                              "hellaswag", "piqa", "siqa", "openbookqa", "mmlu", "commonsense_qa")
-assert tuple(ADAPTERS) == DATASETS
+# Every dataset with an adapter: the paper's 14, then ARC for the commonsense-8 suite.
+KNOWN_DATASETS: tuple[str, ...] = DATASETS + ("arc_easy", "arc_challenge")
+# Named suites a profile's `datasets:` (or a trial's --datasets) may give instead of a list.
+# commonsense8 is the LLM-Adapters commonsense-reasoning suite (Hu et al., 2023), also used by DoRA and MixLoRA.
+SUITES: dict[str, tuple[str, ...]] = {
+    "all": DATASETS,
+    "commonsense8": ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"),
+}
+assert tuple(ADAPTERS) == KNOWN_DATASETS
+assert all(set(suite) <= set(KNOWN_DATASETS) for suite in SUITES.values())
 
 
 def get_adapter(dataset: str) -> Adapter:
     if dataset not in ADAPTERS:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of: {' '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {dataset!r}; expected one of: {' '.join(KNOWN_DATASETS)}")
     return ADAPTERS[dataset]
+
+
+def resolve_datasets(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Dataset names from a suite name (``all``, ``commonsense8``), a comma-separated string or a list.
+
+    Raises ValueError (one line) for an unknown name, a repeat or an empty selection.
+    """
+    if isinstance(spec, str):
+        names = SUITES[spec] if spec in SUITES else tuple(d.strip() for d in spec.split(",") if d.strip())
+    elif isinstance(spec, (list, tuple)) and all(isinstance(d, str) for d in spec):
+        names = tuple(spec)
+    else:
+        raise ValueError(f"datasets must be a suite name or a list of names, got {spec!r}")
+    if not names:
+        raise ValueError("datasets must name at least one dataset")
+    unknown = [d for d in names if d not in KNOWN_DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset {', '.join(map(repr, unknown))}: expected names from "
+                         f"{' '.join(KNOWN_DATASETS)} or a suite ({', '.join(SUITES)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"datasets has duplicates: {', '.join(names)}")
+    return names
 
 
 def format_example(parsed: Parsed, *, id: str, dataset: str, fmt: str = "letter") -> Example:
@@ -366,6 +411,6 @@ def convert_row(dataset: str, row: dict, *, id: str, fmt: str = "letter") -> Exa
     adapter = get_adapter(dataset)
     parsed = adapter.convert(row)
     n = NUM_CHOICES[dataset]
-    if dataset not in ("openbookqa", "commonsense_qa") and len(parsed.choices) != n:
+    if n is not None and dataset not in ("openbookqa", "commonsense_qa") and len(parsed.choices) != n:
         raise RowError(f"expected {n} choices, got {len(parsed.choices)}")
     return format_example(parsed, id=id, dataset=dataset, fmt=fmt)

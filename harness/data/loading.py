@@ -1,9 +1,10 @@
 """Reading raw splits (local files first, then the HF hub) and carving roles out of them.
 
 Roles: ``train`` and ``selection`` both come from the adapter's train split; the
-selection rows are a fixed, seeded subset (hash of seed, dataset and row number),
-and the train role returns every other row. ``report`` is the paper's evaluation
-split (``validation``; ``dev_r1`` for ANLI), never used to choose anything.
+selection rows are a fixed, seeded subset made of whole units of meaning (rows that
+share a passage, paragraph, text or premise; see ``harness.data.groups``), and the
+train role returns every other row. ``report`` is the dataset's evaluation split
+(``validation``; ``dev_r1`` for ANLI, ``test`` for ARC), never used to choose anything.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Iterable
 from urllib.parse import urlparse
 
 from harness.data.adapters import ROLES, DataError, Example, RowError, convert_row, get_adapter
+from harness.data.groups import group_key, group_rows
 
 log = logging.getLogger("harness.data")
 
@@ -53,19 +55,49 @@ def split_name(dataset: str, role: str) -> str:
 
 
 def selection_size(n_rows: int) -> int:
+    """The selection carve's target size for a train split of ``n_rows`` rows.
+
+    The carve moves whole groups, so it may end a little short of this (never
+    over it): the train role always keeps at least ``min_train_size(n_rows)`` rows.
+    """
     return min(SELECTION_CAP, int(n_rows * SELECTION_FRACTION))
 
 
-def selection_rows(dataset: str, n_rows: int, seed: int = 0) -> set[int]:
-    """Row numbers (0-based) of the train split that form the selection split.
+def min_train_size(n_rows: int) -> int:
+    """A lower bound on the train role's rows for a train split of ``n_rows`` rows."""
+    return n_rows - selection_size(n_rows)
 
-    Ranking rows by a hash of (seed, dataset, row) makes the carve deterministic
-    across processes, Python versions and machines, with no RNG state involved.
+
+def selection_rows(dataset: str, rows: list[object], seed: int = 0) -> set[int]:
+    """Positions (0-based) of the train split's rows that form the selection split.
+
+    Rows are grouped into units of meaning (``harness.data.groups``); groups are
+    ranked by a hash of (seed, dataset, group key) and taken in that order while
+    they fit, until the selection holds ``selection_size(len(rows))`` rows. A group
+    that would overflow is skipped, so no unit ever straddles the carve and every
+    row lands on exactly one side. Hashing the key (not the position) keeps the
+    carve the same across processes, machines and a reordering of the file.
     """
-    def key(i: int) -> bytes:
-        return hashlib.sha256(f"{seed}:{dataset}:{i}".encode()).digest()
+    target = selection_size(len(rows))
 
-    return set(sorted(range(n_rows), key=key)[: selection_size(n_rows)])
+    def rank(group: list[int]) -> bytes:
+        key = group_key(dataset, rows[group[0]])
+        name = key if key is not None else f"\x00row{group[0]}"
+        return hashlib.sha256(f"{seed}:{dataset}:{name}".encode()).digest()
+
+    chosen: set[int] = set()
+    for group in sorted(group_rows(dataset, rows), key=rank):
+        if len(chosen) == target:
+            break
+        if len(chosen) + len(group) <= target:
+            chosen.update(group)
+    return chosen
+
+
+def carve_sizes(dataset: str, rows: list[object], seed: int = 0) -> tuple[int, int]:
+    """``(train rows, selection rows)`` the carve makes of one train split's raw rows."""
+    n_selection = len(selection_rows(dataset, rows, seed))
+    return len(rows) - n_selection, n_selection
 
 
 # ------------------------------------------------------------- raw sources
@@ -215,7 +247,7 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike | None =
     source, rows = read_raw_rows(dataset, split, data_dir=data_dir)
     stats.source = source
     if part is not None:
-        chosen = selection_rows(dataset, len(rows), seed)
+        chosen = selection_rows(dataset, [raw for _, raw in rows], seed)
         keep = (lambda i: i in chosen) if part == "selection" else (lambda i: i not in chosen)
         rows = [r for i, r in enumerate(rows) if keep(i)]
     examples = _convert_rows(dataset, split, source, rows, fmt=fmt, skip_bad_rows=skip_bad_rows, stats=stats)

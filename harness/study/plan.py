@@ -136,7 +136,7 @@ def _synthetic_dir(results_dir: Path, data: dict) -> Path:
 
 def _count_train_examples(raw: dict, data_dir: Path | None, synthetic: bool) -> int | None:
     """Training examples k-means will cluster (train role, after the per-dataset cap), or None if unknown."""
-    from harness.data.loading import selection_size
+    from harness.data.loading import min_train_size
     from harness.data.adapters import get_adapter
 
     cap = raw["training"].get("train_limit", _default_field("train_limit"))
@@ -151,7 +151,7 @@ def _count_train_examples(raw: dict, data_dir: Path | None, synthetic: bool) -> 
             n = _count_rows(data_dir, d, split)
             if n is None:
                 return None
-        n -= selection_size(n)
+        n = min_train_size(n)  # the grouped carve may leave a little more
         total += min(n, cap) if cap else n
     return total
 

@@ -1,0 +1,354 @@
+"""The synthetic twins' generators: one small invented world per dataset, in its real schema.
+
+Three properties make a twin measure learning rather than surface cues:
+
+- **Option-balanced groups.** A generator returns one *group*: rows that share an
+  option set (or, for yes/no datasets, a context) and whose golds cover every option
+  position exactly once. So the same option set occurs with different golds under
+  different prompts, and any rule that sees only the options is right on exactly one
+  row of each group: chance, on every complete group, at any sample size.
+- **Arbitrary conventions.** The gold follows from the prompt through a convention a
+  pretrained model cannot know: a fixed table of invented words (which ``dax`` is
+  tame), a nonce key that names a position, an invented cause->effect table. Zero-shot
+  sits at chance; a model that trains on the twin can learn the table.
+- **Shared contexts where the dataset has them**: BoolQ passages carry two questions,
+  MultiRC paragraphs four candidate answers, WSC texts two noun rows, RTE/ANLI
+  premises two or three hypotheses, SIQA contexts three questions.
+
+``PARTITION_KEYS`` gives, per twin, a key computed from a row's prompt text and options
+alone, the same for every row of a group: ``harness.data.synth`` reserves a hash
+partition of these keys for report splits, so no report item ever repeats a training
+item. ``CONFLICTS`` lists twins that share an exact prompt template and answer by
+opposite tables, told apart only by a domain word inside the instance.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Callable
+
+Group = list[dict]
+
+# ------------------------------------------------------------------ vocabularies
+# Filler names carry no information in any twin; the name pools that do carry a
+# convention (MultiRC's towns, WSC's pronouns) are separate, so no name means two things.
+NAMES = ("Tarka", "Pell", "Miva", "Dole", "Sefa", "Oru", "Kest", "Lumo", "Vane", "Jora", "Fenn", "Rilo")
+OBJECTS = ("cup", "key", "hat", "bell", "bag", "lamp", "drum", "bowl", "kite", "rope", "coin", "book")
+PENS = ("pen", "barn", "yard", "cage")
+DEALS = ("bought", "found", "sold", "kept")
+SIZES = ("old", "new", "small", "big")
+
+BOOLQ_TAME, BOOLQ_WILD = ("dax", "wug", "fep"), ("zorp", "tove", "mip")
+RTE_COLD, RTE_WARM = ("blick", "slon", "norp"), ("gax", "vump", "tiz")
+# ANLI: "The X is shiny." is entailed, contradicted, or left open, by X's class.
+ANLI_SHINY, ANLI_DULL, ANLI_UNKNOWN = ("krell", "bofa", "dring"), ("pleck", "moxa", "stib"), ("yurn", "quab", "hazz")
+MULTIRC_VELO, MULTIRC_OTHER = ("Abo", "Ceri", "Dunn", "Eppa"), ("Fosk", "Gavi", "Hule", "Iro")
+WSC_SHE, WSC_HE = ("Tolo", "Brin", "Kasa", "Merv"), ("Lita", "Dusk", "Pomo", "Renn")
+WSC_VERBS, WSC_REASONS = ("called", "met", "visited", "helped"), ("was free", "had time", "was near", "felt ready")
+WIC_WORDS = ("glerm", "trape", "vosk", "flim")
+WIC_VERBS = ("saw", "kept", "moved", "found", "took", "hid")
+WIC_TAILS = ("at noon", "by the door", "in the yard", "after lunch")
+# WinoGrande: after a FIRST verb the blank is the first-named person, after a SECOND verb the second.
+WINO_FIRST, WINO_SECOND = ("glimmed", "brusked"), ("plorked", "vanted")
+WINO_ENDS = ("smiled", "left early", "was happy", "sat down")
+PIQA_FIRST, PIQA_SECOND = "zib", "mog"
+SIQA_KEYS = ("pif", "dask", "lom")  # the first-, second-, third-listed thing
+# COPA: invented cause -> effect pairs; the right alternative is the premise's partner.
+COPA_PAIRS = (
+    ("The bell rang", "The lamp went green"), ("The drum was struck", "The door opened"),
+    ("The whistle blew", "The birds flew off"), ("The red flag went up", "The shop closed"),
+    ("The horn sounded", "The river rose"), ("The candle was lit", "The dog barked"),
+    ("The gate was painted", "The bread went stale"), ("The clock stopped", "The pond froze"),
+    ("The kite was raised", "The cart rolled away"), ("The well ran dry", "The choir sang"),
+    ("The mirror cracked", "The fish jumped"), ("The rope was cut", "The tower glowed"),
+    ("The bowl was filled", "The wind dropped"), ("The key was turned", "The hens sat down"),
+    ("The coin was tossed", "The roof leaked"), ("The map was folded", "The milk went sour"),
+)
+HELLASWAG_TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell",
+                   "Digging": "snib", "Rowing": "trop"}
+CSQA_TOOLS = {"baker": "plove", "sailor": "grisk", "farmer": "tulp", "tailor": "wemb", "miner": "frosh",
+              "potter": "klib", "weaver": "smeck", "smith": "yarl"}
+# The two conflicting pairs: one table each, and the partner twin answers by that table shifted by one.
+COLOUR_KEYS, COLOURS = ("pim", "tass", "rulo", "vek"), ("red", "blue", "green", "white")
+# Domain phrases of two theme words each: the sentence embedder then clusters by domain,
+# not by the names and keys (one-word places gave k-means purity ~0.5 at k = 2).
+SEA_PLACES = ("Out at sea on the ship", "At the harbour by the waves", "On the beach by the sea",
+              "On the boat at sea")
+SPACE_PLACES = ("Out in space on the rocket", "On the moon by the stars", "In the spaceship near Mars",
+                "On the comet in space")
+SHAPE_KEYS, SHAPES = ("dopple", "frint", "gorm", "hask", "jibb"), ("round", "square", "flat", "long", "bent")
+LAB_PLACES = ("In the science lab at the bench", "In the lab under the microscope", "At the lab bench with test tubes",
+              "In the chemistry lab by the flask")
+FARM_PLACES = ("On the farm in the barn", "Out in the field by the cows", "In the barn with the hay",
+               "On the farm by the pigs")
+
+
+def shifted(values: tuple[str, ...], keys: tuple[str, ...], shift: int) -> dict[str, str]:
+    """``keys[i] -> values[(i + shift) % n]``: a table and, with another shift, its opposite."""
+    return {k: values[(i + shift) % len(values)] for i, k in enumerate(keys)}
+
+
+OBQA_TABLE, MMLU_TABLE = shifted(COLOURS, COLOUR_KEYS, 0), shifted(COLOURS, COLOUR_KEYS, 1)
+ARC_EASY_TABLE, ARC_CHALLENGE_TABLE = shifted(SHAPES, SHAPE_KEYS, 0), shifted(SHAPES, SHAPE_KEYS, 2)
+
+
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    return {v: k for k, v in table.items()}
+
+
+def _an(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+# ------------------------------------------------------------------ generators
+# Each takes an rng and returns one group of raw rows (index fields are filled in later).
+
+def _boolq(rng: random.Random) -> Group:
+    tame, wild = rng.choice(BOOLQ_TAME), rng.choice(BOOLQ_WILD)
+    pair = [tame, wild]
+    rng.shuffle(pair)
+    passage = f"{rng.choice(NAMES)}'s {rng.choice(PENS)} holds {_an(pair[0])} and {_an(pair[1])}."
+    return [{"question": f"is the {x} tame", "passage": passage, "idx": 0, "label": int(x in BOOLQ_TAME)}
+            for x in pair]
+
+
+def _multirc(rng: random.Random) -> Group:
+    people = rng.sample(MULTIRC_VELO, 2) + rng.sample(MULTIRC_OTHER, 2)
+    rng.shuffle(people)
+    paragraph = f"{people[0]}, {people[1]}, {people[2]} and {people[3]} met at the fair."
+    return [{"paragraph": paragraph, "question": "Who is from Velo?", "answer": p,
+             "idx": {"paragraph": 0, "question": 0, "answer": j}, "label": int(p in MULTIRC_VELO)}
+            for j, p in enumerate(people)]
+
+
+def _wic(rng: random.Random) -> Group:
+    word = rng.choice(WIC_WORDS)
+    a, b = rng.sample(NAMES, 2)
+    t1, t2 = rng.choice(WIC_TAILS), rng.choice(WIC_TAILS)
+    v1 = rng.choice(WIC_VERBS)
+    rows = []
+    for v2 in (v1, rng.choice([v for v in WIC_VERBS if v != v1])):
+        s1, s2 = f"{a} {v1} the {word} {t1}.", f"{b} {v2} the {word} {t2}."
+        st1, st2 = s1.index(f" {word} ") + 1, s2.index(f" {word} ") + 1
+        rows.append({"word": word, "sentence1": s1, "sentence2": s2, "start1": st1, "start2": st2,
+                     "end1": st1 + len(word), "end2": st2 + len(word), "idx": 0, "label": int(v1 == v2)})
+    rng.shuffle(rows)
+    return rows
+
+
+def _wsc(rng: random.Random) -> Group:
+    pair = [rng.choice(WSC_SHE), rng.choice(WSC_HE)]
+    rng.shuffle(pair)
+    words = f"{pair[0]} {rng.choice(WSC_VERBS)} {pair[1]} because she {rng.choice(WSC_REASONS)}.".split()
+    she = words.index("she")
+    return [{"text": " ".join(words), "span1_index": words.index(noun), "span2_index": she, "span1_text": noun,
+             "span2_text": "she", "idx": 0, "label": int(noun in WSC_SHE)} for noun in pair]
+
+
+def _rte(rng: random.Random) -> Group:
+    pair = [rng.choice(RTE_COLD), rng.choice(RTE_WARM)]
+    rng.shuffle(pair)
+    premise = f"{rng.choice(NAMES)} {rng.choice(DEALS)} {_an(pair[0])} and {_an(pair[1])}."
+    # super_glue rte: 0 = entailment, 1 = not_entailment
+    return [{"premise": premise, "hypothesis": f"The {x} is cold.", "idx": 0, "label": 0 if x in RTE_COLD else 1}
+            for x in pair]
+
+
+def _anli(rng: random.Random) -> Group:
+    things = [rng.choice(ANLI_SHINY), rng.choice(ANLI_UNKNOWN), rng.choice(ANLI_DULL)]  # labels 0, 1, 2
+    order = list(range(3))
+    rng.shuffle(order)
+    premise = f"{rng.choice(NAMES)} found {_an(things[order[0]])}, {_an(things[order[1]])} and {_an(things[order[2]])}."
+    return [{"uid": "", "premise": premise, "hypothesis": f"The {things[label]} is shiny.", "label": label,
+             "reason": ""} for label in order]
+
+
+def _copa(rng: random.Random) -> Group:
+    (c1, e1), (c2, e2) = rng.sample(COPA_PAIRS, 2)
+    question = rng.choice(("cause", "effect"))
+    # effect: premise is a cause, the alternatives are effects; cause: the other way round
+    (p1, r1), (p2, r2) = ((c1, e1), (c2, e2)) if question == "effect" else ((e1, c1), (e2, c2))
+    alts = [r1, r2]
+    rng.shuffle(alts)
+    return [{"premise": p + ".", "choice1": alts[0] + ".", "choice2": alts[1] + ".", "question": question,
+             "idx": 0, "label": alts.index(r)} for p, r in ((p1, r1), (p2, r2))]
+
+
+def _winogrande(rng: random.Random) -> Group:
+    a, b = rng.sample(NAMES, 2)
+    end = rng.choice(WINO_ENDS)
+    options = [a, b]
+    rng.shuffle(options)
+    rows = []
+    for verb, blank in ((rng.choice(WINO_FIRST), a), (rng.choice(WINO_SECOND), b)):
+        rows.append({"sentence": f"{a} {verb} {b}, so _ {end}.", "option1": options[0], "option2": options[1],
+                     "answer": str(options.index(blank) + 1)})
+    rng.shuffle(rows)
+    return rows
+
+
+def _hellaswag(rng: random.Random) -> Group:
+    tools = rng.sample(sorted(HELLASWAG_TOOLS.values()), 4)
+    activity_of = _inverse(HELLASWAG_TOOLS)
+    ctx_a = f"{rng.choice(NAMES)} gets the bag ready."
+    ctx_b = "then takes out a"
+    rows = [{"ind": 0, "activity_label": activity_of[tool], "ctx_a": ctx_a, "ctx_b": ctx_b,
+             "ctx": f"{ctx_a} {ctx_b}", "endings": [f"{t}." for t in tools], "source_id": "",
+             "split": "", "split_type": "indomain", "label": str(gold)} for gold, tool in enumerate(tools)]
+    rng.shuffle(rows)
+    return rows
+
+
+def _piqa(rng: random.Random) -> Group:
+    x, y = rng.sample(OBJECTS, 2)
+    name = rng.choice(NAMES)
+    sols = [f"Take the {x}.", f"Take the {y}."]
+    rng.shuffle(sols)
+    rows = [{"goal": f"{name} needs the {key} of the {x} and the {y}.", "sol1": sols[0], "sol2": sols[1],
+             "label": sols.index(f"Take the {obj}.")} for key, obj in ((PIQA_FIRST, x), (PIQA_SECOND, y))]
+    rng.shuffle(rows)
+    return rows
+
+
+def _siqa(rng: random.Random) -> Group:
+    things = rng.sample(OBJECTS, 3)
+    name = rng.choice(NAMES)
+    answers = list(things)
+    rng.shuffle(answers)
+    context = f"{name} has a {things[0]}, a {things[1]} and a {things[2]}."
+    rows = [{"context": context, "question": f"Which one is the {key}?", "answerA": answers[0],
+             "answerB": answers[1], "answerC": answers[2], "label": str(answers.index(thing) + 1)}
+            for key, thing in zip(SIQA_KEYS, things)]
+    rng.shuffle(rows)
+    return rows
+
+
+def _colour_question(place: str, name: str, size: str, key: str) -> str:
+    return f"{place}, what colour is {name}'s {size} {key}?"
+
+
+def _lookup_group(table: dict[str, str], values: list[str]) -> list[tuple[int, str]]:
+    """(gold position, key) for each option of ``values``: each position is gold once."""
+    inverse = _inverse(table)
+    return [(gold, inverse[v]) for gold, v in enumerate(values)]
+
+
+def _openbookqa(rng: random.Random) -> Group:
+    place, name, size = rng.choice(SEA_PLACES), rng.choice(NAMES), rng.choice(SIZES)
+    colours = rng.sample(COLOURS, 4)
+    rows = [{"id": "", "question_stem": _colour_question(place, name, size, key),
+             "choices": {"text": colours, "label": list("ABCD")}, "answerKey": "ABCD"[gold]}
+            for gold, key in _lookup_group(OBQA_TABLE, colours)]
+    rng.shuffle(rows)
+    return rows
+
+
+def _mmlu(rng: random.Random) -> Group:
+    # subject "": no "Subject:" line, so the prompt template is exactly openbookqa's.
+    place, name, size = rng.choice(SPACE_PLACES), rng.choice(NAMES), rng.choice(SIZES)
+    colours = rng.sample(COLOURS, 4)
+    rows = [{"question": _colour_question(place, name, size, key), "subject": "", "choices": colours, "answer": gold}
+            for gold, key in _lookup_group(MMLU_TABLE, colours)]
+    rng.shuffle(rows)
+    return rows
+
+
+def _commonsense_qa(rng: random.Random) -> Group:
+    name = rng.choice(NAMES)
+    tools = rng.sample(sorted(CSQA_TOOLS.values()), 5)
+    rows = [{"id": "", "question": f"What does the {job} {name} carry?", "question_concept": job,
+             "choices": {"label": list("ABCDE"), "text": tools}, "answerKey": "ABCDE"[gold]}
+            for gold, job in _lookup_group(CSQA_TOOLS, tools)]
+    rng.shuffle(rows)
+    return rows
+
+
+def _arc(table: dict[str, str], places: tuple[str, ...]) -> Callable[[random.Random], Group]:
+    def generate(rng: random.Random) -> Group:
+        # ARC rows have 3 to 5 choices (mostly 4), lettered, or numbered "1".."5" in some rows.
+        n = rng.choices((3, 4, 5), weights=(1, 6, 1))[0]
+        labels = list("12345"[:n]) if rng.random() < 0.1 else list("ABCDE"[:n])
+        place, name = rng.choice(places), rng.choice(NAMES)
+        shapes = rng.sample(SHAPES, n)
+        rows = [{"id": "", "question": f"{place}, what shape is {name}'s {key}?",
+                 "choices": {"text": shapes, "label": labels}, "answerKey": labels[gold]}
+                for gold, key in _lookup_group(table, shapes)]
+        rng.shuffle(rows)
+        return rows
+
+    return generate
+
+
+GENERATORS: dict[str, Callable[[random.Random], Group]] = {
+    "boolq": _boolq, "multirc": _multirc, "wic": _wic, "wsc": _wsc, "rte": _rte, "copa": _copa,
+    "winogrande": _winogrande, "anli": _anli, "hellaswag": _hellaswag, "piqa": _piqa, "siqa": _siqa,
+    "openbookqa": _openbookqa, "mmlu": _mmlu, "commonsense_qa": _commonsense_qa,
+    "arc_easy": _arc(ARC_EASY_TABLE, LAB_PLACES), "arc_challenge": _arc(ARC_CHALLENGE_TABLE, FARM_PLACES),
+}
+
+# ------------------------------------------------------------------ partition keys
+# A function of a row's prompt text and options only (so equal items get equal keys),
+# equal for every row of a generated group (so a group never straddles train/report).
+
+
+def _sorted_texts(*texts: str) -> str:
+    return "|".join(sorted(texts))
+
+
+def _without_key(question: str) -> str:
+    # "On the ship, what colour is Tarka's old pim?" -> "On the ship, what colour is Tarka's old"
+    return re.sub(r"\s\S+\?$", "", question)
+
+
+PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
+    "boolq": lambda r: r["passage"],
+    "multirc": lambda r: r["paragraph"],
+    "wic": lambda r: r["word"] + "|" + r["sentence1"],
+    "wsc": lambda r: r["text"],
+    "rte": lambda r: r["premise"],
+    "copa": lambda r: r["question"] + "|" + _sorted_texts(r["choice1"], r["choice2"]),
+    "winogrande": lambda r: _sorted_texts(r["option1"], r["option2"]),
+    "anli": lambda r: r["premise"],
+    "hellaswag": lambda r: r["ctx_a"] + "|" + _sorted_texts(*r["endings"]),
+    "piqa": lambda r: _sorted_texts(r["sol1"], r["sol2"]),
+    "siqa": lambda r: r["context"],
+    "openbookqa": lambda r: _without_key(r["question_stem"]),
+    "mmlu": lambda r: _without_key(r["question"]),
+    "commonsense_qa": lambda r: r["question"].split()[-2] + "|" + _sorted_texts(*r["choices"]["text"]),
+    "arc_easy": lambda r: _without_key(r["question"]) + "|" + _sorted_texts(*r["choices"]["text"]),
+    "arc_challenge": lambda r: _without_key(r["question"]) + "|" + _sorted_texts(*r["choices"]["text"]),
+}
+
+# ------------------------------------------------------------------ documentation
+
+TWIN_RULES: dict[str, str] = {
+    "boolq": "'is the X tame': yes iff X is one of the tame words dax, wug, fep (zorp, tove, mip are not)",
+    "multirc": "'Who is from Velo?': a candidate is correct iff it is one of Abo, Ceri, Dunn, Eppa",
+    "wic": "the nonce word has the same meaning iff both sentences use the same verb",
+    "wsc": "'she' is Tolo, Brin, Kasa or Merv (Lita, Dusk, Pomo, Renn are 'he'): yes iff the noun is one of them",
+    "rte": "'The X is cold.' is entailment iff X is blick, slon or norp (gax, vump, tiz are not)",
+    "copa": "16 invented cause->effect pairs; the right alternative is the premise's partner",
+    "winogrande": "after glimmed/brusked the blank is the first-named person, after plorked/vanted the second",
+    "anli": "'The X is shiny.': entailment iff X is krell/bofa/dring, contradiction iff pleck/moxa/stib, "
+            "neutral iff yurn/quab/hazz",
+    "hellaswag": "the activity names the tool taken out (Fishing brell, Baking dorp, Sewing mave, Painting quell, "
+                 "Digging snib, Rowing trop)",
+    "piqa": "'the zib of X and Y' is X, 'the mog' is Y",
+    "siqa": "'the pif / dask / lom' is the first / second / third thing listed",
+    "openbookqa": "at sea, a pim is red, a tass blue, a rulo green, a vek white",
+    "mmlu": "in space (openbookqa's template, shifted table): a pim is blue, a tass green, a rulo white, a vek red",
+    "commonsense_qa": "each job carries its tool (baker plove, sailor grisk, farmer tulp, tailor wemb, miner frosh, "
+                      "potter klib, weaver smeck, smith yarl)",
+    "arc_easy": "in the lab, a dopple is round, a frint square, a gorm flat, a hask long, a jibb bent",
+    "arc_challenge": "on the farm (arc_easy's template, table shifted by two): a dopple is flat, a frint long, "
+                     "a gorm bent, a hask round, a jibb square",
+}
+
+# (twin, twin, what they share): the same prompt template, opposite tables, a domain word apart.
+CONFLICTS: tuple[tuple[str, str, str], ...] = (
+    ("openbookqa", "mmlu", "'<place>, what colour is <name>'s <key>?' with the same four colours; sea places "
+                           "(openbookqa) and space places (mmlu) map each key to different colours"),
+    ("arc_easy", "arc_challenge", "'<place>, what shape is <name>'s <key>?' with the same shapes; lab places "
+                                  "(arc_easy) and farm places (arc_challenge) map each key to different shapes"),
+)
