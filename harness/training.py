@@ -143,14 +143,22 @@ def answer_loss(model, batch: Batch, keep_arg: str | None):
 
 
 def cpu_has_bf16_matmul() -> bool:
-    """True on CPUs with bf16 matrix units (AMX), where bf16 matrix products run several times faster."""
+    """True on CPUs with bf16 matrix instructions: AMX tiles (Intel) or AVX512-BF16 (e.g. AMD EPYC).
+
+    On both, bf16 autocast trains faster than fp32 (README, "Precision": 1.28x per trial step with
+    AMX; 1.66x per LoRA step of 8x48 tokens on one thread of an EPYC with AVX512-BF16), so
+    ``dtype: auto`` picks it there.
+    """
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
+    for probe_name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        probe = getattr(torch.cpu, probe_name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def trial_precision(cfg: TrialConfig, use_gpu: bool) -> str:

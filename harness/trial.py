@@ -80,7 +80,7 @@ class TrialConfig:
     """Training sequences longer than this lose context tokens from the left (the answer is kept)."""
     dtype: str = "auto"
     """auto, fp32, bf16 or fp16 (fp16 needs a GPU). auto is bf16 on a GPU and on a CPU with bf16
-    matrix units (AMX), fp32 on other CPUs. On a CPU, bf16 is autocast mixed precision: weights,
+    matrix instructions (AMX or AVX512-BF16), fp32 on other CPUs. On a CPU, bf16 is autocast mixed precision: weights,
     gradients and optimizer state stay fp32, matrix products run in bf16; scoring there stays fp32."""
     train_limit: int | None = 200
     """Training examples per dataset (first N of the train role); None keeps all."""

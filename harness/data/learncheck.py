@@ -2,6 +2,7 @@
 
     python -m harness.data.learncheck [--datasets all] [--steps 48] [--batch-size 8] [--lr 3e-3]
         [--n-train 64] [--train-limit 52] [--report 64] [--format cloze] [--rank 8] [--threads 2]
+        [--method lora|mor1e|molora] [--hparams JSON] [--seed S] [--json]
 
 A plain loop without Ray or DeepSpeed, built from the trial's own pieces: the twins
 are written as the default study writes them (``--n-train`` rows per train split, the
@@ -9,7 +10,9 @@ selection carve taken out, the first ``--train-limit`` train-role rows kept), ea
 example is encoded, batched and scored as a Train worker does it
 (``harness.worker.encode_training_example`` / ``batch_indices`` / ``collate`` /
 ``answer_loss``, ``harness.evaluate.evaluate_examples``), on the default preset with
-PEFT LoRA (``harness.methods.apply_method``), AdamW with the trial's warmup + cosine
+PEFT LoRA, or any adapter method with ``--method``/``--hparams``
+(``harness.methods.apply_method``; MoR1E gets its intuition scores as a trial computes them,
+``harness.train.intuition_scores``, for training and scoring alike), AdamW with the trial's warmup + cosine
 schedule. Defaults are the default profile's budget: 48 steps of batch 8, cloze, max
 length 256. It prints one markdown row per twin: chance, zero-shot and trained
 accuracy on ``--report`` report rows, and the gain in points.
@@ -18,6 +21,7 @@ accuracy on ``--report`` report rows, and the gain in points.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -38,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=int, default=64, help="report rows per twin")
     p.add_argument("--format", default="cloze", choices=FORMATS)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 x rank)")
+    p.add_argument("--method", default="lora", choices=("lora", "mor1e", "molora"))
+    p.add_argument("--hparams", default=None,
+                   help="JSON hyperparameters of --method (default for lora: rank and alpha from --rank)")
+    p.add_argument("--json", action="store_true", help="also print one JSON line with every accuracy")
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="twin seed, LoRA init and batch order")
     p.add_argument("--threads", type=int, default=2)
@@ -48,10 +56,12 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
     """{dataset: (chance, zero-shot accuracy, trained accuracy)}; prints progress to stderr."""
     import torch
 
+    import mor1e
     from harness.data.loading import load_examples
     from harness.data.synth import write_synthetic
     from harness.evaluate import evaluate_examples, forward_options
-    from harness.methods import apply_method
+    from harness.methods import apply_method, method_config, uses_intuition
+    from harness.train import intuition_scores
     from harness.models import load_model
     from harness.worker import answer_loss, batch_indices, collate, encode_training_example, lr_multiplier
 
@@ -63,13 +73,18 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
         train = [ex for d in datasets
                  for ex in load_examples(d, "train", data_dir=tmp, fmt=args.format, limit=args.train_limit)]
         report = [ex for d in datasets for ex in load_examples(d, "report", data_dir=tmp, fmt=args.format)]
+    hparams = _hparams(args)
+    train_scores = report_scores = None
+    if uses_intuition(args.method, hparams):
+        k = method_config(args.method, hparams).num_clusters
+        train_scores, report_scores = intuition_scores([train, report], k=k, seed=args.seed)
     model, tokenizer = load_model(args.model)
     model.eval()
     t0 = time.perf_counter()
     zero_shot = evaluate_examples(model, tokenizer, report, progress=False)
     print(f"zero-shot scoring: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    model = apply_method(model, "lora", {"rank": args.rank, "alpha": 2.0 * args.rank})
+    model = apply_method(model, args.method, hparams)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     keep_arg = forward_options(model)["keep_arg"]
@@ -83,6 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
                                                    min_ratio=0.1)
         idx = batch_indices(len(encoded), seed=args.seed, micro_step=step, batch_size=args.batch_size,
                             rank=0, world=1)
+        if train_scores is not None:
+            mor1e.set_intuition(model, torch.from_numpy(train_scores[idx]))
         loss = answer_loss(model, collate([encoded[i] for i in idx], pad_id, left=True), keep_arg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -92,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
             print(f"step {step + 1}/{args.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
     model.eval()
-    trained = evaluate_examples(model, tokenizer, report, progress=False)
+    trained = evaluate_examples(model, tokenizer, report, progress=False, intuition_scores=report_scores)
     out = {}
     for d in datasets:
         n_options = len(next(ex for ex in report if ex.dataset == d).options)
@@ -100,11 +117,23 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
     return out
 
 
+def _hparams(args: argparse.Namespace) -> dict:
+    if args.hparams is None:
+        return {"rank": args.rank, "alpha": 2.0 * args.rank} if args.method == "lora" else {}
+    hparams = json.loads(args.hparams)
+    if not isinstance(hparams, dict):
+        raise ValueError(f"--hparams must be a JSON object, got {args.hparams!r}")
+    return hparams
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         resolve_datasets(args.datasets)
-    except ValueError as exc:
+        from harness.methods import method_config
+
+        method_config(args.method, _hparams(args))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if min(args.steps, args.batch_size, args.n_train, args.train_limit, args.report, args.rank, args.threads) < 1:
@@ -119,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     gains = [after - before for _, before, after in results.values()]
     print(f"\n{sum(g >= 0.10 for g in gains)} of {len(gains)} twins gained >= 10 points; "
           f"mean gain {100 * sum(gains) / len(gains):+.1f} points")
+    if args.json:
+        print(json.dumps({"method": args.method, "hparams": _hparams(args), "lr": args.lr, "seed": args.seed,
+                          "steps": args.steps, "accuracy": {d: r[2] for d, r in results.items()},
+                          "zero_shot": {d: r[1] for d, r in results.items()}}))
     return 0
 
 
