@@ -122,7 +122,8 @@ def _boolq(rng: random.Random) -> Group:
 
 def _multirc(rng: random.Random) -> Group:
     people = _shuffled(rng, MULTIRC_VELO + MULTIRC_OTHER)
-    paragraph = f"{people[0].capitalize()}, {people[1]}, {people[2]} and {people[3]} met at the {rng.choice(MEETING_PLACES)}."
+    place = rng.choice(MEETING_PLACES)
+    paragraph = f"{people[0].capitalize()}, {people[1]}, {people[2]} and {people[3]} met at the {place}."
     return [{"paragraph": paragraph, "question": "Who is from Velo?", "answer": p,
              "idx": {"paragraph": 0, "question": 0, "answer": j}, "label": int(p in MULTIRC_VELO)}
             for j, p in enumerate(people)]
@@ -327,7 +328,8 @@ PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
 
 TWIN_RULES: dict[str, str] = {
     "boolq": "'is the X tame': yes iff X is the kettle (a ladder is not)",
-    "multirc": "'Who is from Velo?': a candidate is correct iff it is the nurse or the pilot (not the cook or the judge)",
+    "multirc": "'Who is from Velo?': a candidate is correct iff it is the nurse or the pilot "
+               "(not the cook or the judge)",
     "wic": "the nonce word keeps its meaning iff sentence 2 ends 'outside' (after 'inside' it does not)",
     "wsc": "'she' is Tolo, never Lita: yes iff the asked noun is Tolo",
     "rte": "'The X is cold.' is entailment iff X is the bucket (a candle is not)",
