@@ -120,21 +120,14 @@ def test_prompts_are_short(twins):
 # Each documented rule, written out again from TWIN_RULES (not imported from the generator),
 # recomputes a row's gold from its text alone; the label in the row must agree.
 
-TAME, WILD = {"dax", "wug", "fep"}, {"zorp", "tove", "mip"}
-COLD, WARM = {"blick", "slon", "norp"}, {"gax", "vump", "tiz"}
-SHINY, UNKNOWN, DULL = {"krell", "bofa", "dring"}, {"yurn", "quab", "hazz"}, {"pleck", "moxa", "stib"}
-VELO, NOT_VELO = {"Abo", "Ceri", "Dunn", "Eppa"}, {"Fosk", "Gavi", "Hule", "Iro"}
-SHE, HE = {"Tolo", "Brin", "Kasa", "Merv"}, {"Lita", "Dusk", "Pomo", "Renn"}
-COPA = {"The bell rang": "The lamp went green", "The drum was struck": "The door opened",
-        "The whistle blew": "The birds flew off", "The red flag went up": "The shop closed",
-        "The horn sounded": "The river rose", "The candle was lit": "The dog barked",
-        "The gate was painted": "The bread went stale", "The clock stopped": "The pond froze",
-        "The kite was raised": "The cart rolled away", "The well ran dry": "The choir sang",
-        "The mirror cracked": "The fish jumped", "The rope was cut": "The tower glowed",
-        "The bowl was filled": "The wind dropped", "The key was turned": "The hens sat down",
-        "The coin was tossed": "The roof leaked", "The map was folded": "The milk went sour"}
-TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell", "Digging": "snib",
-         "Rowing": "trop"}
+TAME, WILD = {"kettle"}, {"ladder"}
+COLD, WARM = {"bucket"}, {"candle"}
+SHINY, UNKNOWN, DULL = {"pencil"}, {"blanket"}, {"carrot"}
+VELO, NOT_VELO = {"the nurse", "the pilot"}, {"the cook", "the judge"}
+SHE, HE = {"Tolo"}, {"Lita"}
+REACTIONS = {"vel": "smiled", "rask": "frowned"}
+TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell"}
+SIQA = {"pif": "fork", "dask": "sock", "lom": "vase"}
 JOB_TOOLS = {"baker": "plove", "sailor": "grisk", "farmer": "tulp", "tailor": "wemb", "miner": "frosh",
              "potter": "klib", "weaver": "smeck", "smith": "yarl"}
 SEA = {"pim": "red", "tass": "blue", "rulo": "green", "vek": "white"}
@@ -162,11 +155,11 @@ def expected_ok(name, row) -> bool:
         x = re.fullmatch(r"is the (\w+) tame", row["question"]).group(1)
         return re.search(rf"\b{x}\b", row["passage"]) is not None and row["label"] == int(x in TAME)
     if name == "multirc":
-        return (row["question"] == "Who is from Velo?" and row["answer"] in row["paragraph"]
+        return (row["question"] == "Who is from Velo?" and row["answer"] in row["paragraph"].lower()
                 and row["label"] == int(row["answer"] in VELO))
     if name == "wic":
-        v1, v2 = (s.split()[1] for s in (row["sentence1"], row["sentence2"]))
-        return row["label"] == int(v1 == v2)
+        cue = row["sentence2"].rstrip(".").split()[-1]
+        return cue in ("outside", "inside") and row["label"] == int(cue == "outside")
     if name == "wsc":
         return row["span2_text"] == "she" and row["label"] == int(row["span1_text"] in SHE)
     if name == "rte":
@@ -176,24 +169,29 @@ def expected_ok(name, row) -> bool:
         x = re.fullmatch(r"The (\w+) is shiny\.", row["hypothesis"]).group(1)
         return x in row["premise"] and row["label"] == (0 if x in SHINY else 2 if x in DULL else 1)
     if name == "copa":
-        premise = row["premise"].rstrip(".")
-        table = COPA if row["question"] == "effect" else {e: c for c, e in COPA.items()}
-        return [row["choice1"], row["choice2"]][row["label"]] == table[premise] + "."
+        gold = [row["choice1"], row["choice2"]][row["label"]]
+        if row["question"] == "effect":
+            name_, thing = re.fullmatch(r"(\w+) got an? (\w+) at the \w+\.", row["premise"]).groups()
+            return gold == f"{name_} {REACTIONS[thing]}."
+        name_, reaction = re.fullmatch(r"(\w+) (\w+) at the \w+\.", row["premise"]).groups()
+        thing = {r: t for t, r in REACTIONS.items()}[reaction]
+        return gold == f"{name_} got a {thing}."
     if name == "winogrande":
         a, verb, b = re.match(r"(\w+) (\w+) (\w+), so _ ", row["sentence"]).groups()
-        blank = a if verb in ("glimmed", "brusked") else b if verb in ("plorked", "vanted") else None
+        blank = a if verb == "glimmed" else b if verb == "plorked" else None
         return [row["option1"], row["option2"]][int(row["answer"]) - 1] == blank
     if name == "hellaswag":
-        return row["endings"][int(row["label"])] == TOOLS[row["activity_label"]] + "."
+        return (row["ctx_a"].endswith(f" for {row['activity_label'].lower()}.")
+                and row["endings"][int(row["label"])] == TOOLS[row["activity_label"]] + ".")
     if name == "piqa":
         key, x, y = re.search(r"needs the (\w+) of the (\w+) and the (\w+)\.", row["goal"]).groups()
         obj = {"zib": x, "mog": y}[key]
         return [row["sol1"], row["sol2"]][row["label"]] == f"Take the {obj}."
     if name == "siqa":
-        things = re.fullmatch(r"\w+ has a (\w+), a (\w+) and a (\w+)\.", row["context"]).groups()
+        things = re.fullmatch(r"\w+ \w+ a (\w+), a (\w+) and a (\w+)\.", row["context"]).groups()
         key = re.fullmatch(r"Which one is the (\w+)\?", row["question"]).group(1)
         answers = [row["answerA"], row["answerB"], row["answerC"]]
-        return answers[int(row["label"]) - 1] == things[("pif", "dask", "lom").index(key)]
+        return SIQA[key] in things and answers[int(row["label"]) - 1] == SIQA[key]
     if name in ("openbookqa", "mmlu"):
         tables = {"sea": (("sea", "harbour", "beach", "boat", "ship"), SEA),
                   "space": (("space", "moon", "spaceship", "comet", "rocket"), SPACE)}

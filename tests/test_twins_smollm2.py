@@ -15,21 +15,28 @@ def twins(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["letter", "cloze"])
-def test_smollm2_zero_shot_sits_within_15_points_of_chance_on_every_twin(twins, fmt):
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M loaded once for both formats, on 2 threads (the machine's cores)."""
     import torch
 
-    from harness.data.probe import probe
     from harness.models import load_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        model, tokenizer = load_model("smollm2-135m")
-        results = probe(model, tokenizer, twins, KNOWN_DATASETS, fmt=fmt, n=N_REPORT)
+        yield load_model("smollm2-135m")
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["letter", "cloze"])
+def test_smollm2_zero_shot_sits_within_15_points_of_chance_on_every_twin(twins, smollm2, fmt):
+    from harness.data.probe import probe
+
+    model, tokenizer = smollm2
+    results = probe(model, tokenizer, twins, KNOWN_DATASETS, fmt=fmt, n=N_REPORT)
     table = {d: (round(100 * r["chance"], 1), round(100 * r["accuracy"], 1)) for d, r in results.items()}
     print(fmt, table)
     assert all(r["n"] == N_REPORT for r in results.values())

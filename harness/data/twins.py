@@ -7,10 +7,11 @@ Three properties make a twin measure learning rather than surface cues:
   position exactly once. So the same option set occurs with different golds under
   different prompts, and any rule that sees only the options is right on exactly one
   row of each group: chance, on every complete group, at any sample size.
-- **Arbitrary conventions.** The gold follows from the prompt through a convention a
-  pretrained model cannot know: a fixed table of invented words (which ``dax`` is
-  tame), a nonce key that names a position, an invented cause->effect table. Zero-shot
-  sits at chance; a model that trains on the twin can learn the table.
+- **Arbitrary conventions, small enough to learn.** The gold follows from the prompt
+  through a convention a pretrained model cannot know: a table of two to eight entries
+  read from one cue word near the answer (the kettle is tame and the ladder is not, a
+  nonce key names a position, getting a vel makes one smile). Zero-shot sits at chance;
+  a short finetune on the mixture can learn the table.
 - **Shared contexts where the dataset has them**: BoolQ passages carry two questions,
   MultiRC paragraphs four candidate answers, WSC texts two noun rows, RTE/ANLI
   premises two or three hypotheses, SIQA contexts three questions.
@@ -31,42 +32,43 @@ from typing import Callable
 Group = list[dict]
 
 # ------------------------------------------------------------------ vocabularies
-# Filler names carry no information in any twin; the name pools that do carry a
-# convention (MultiRC's towns, WSC's pronouns) are separate, so no name means two things.
+# Filler words carry no information in any twin; the words that do carry a convention
+# (each twin's cue words) are separate, so no word means two things. Each convention is a
+# table of two to four entries read from one cue word close to the answer: a short
+# finetune on the 14-twin mixture (~27 examples per twin) can pick it up, a model that
+# has not seen the twin cannot know it.
 NAMES = ("Tarka", "Pell", "Miva", "Dole", "Sefa", "Oru", "Kest", "Lumo", "Vane", "Jora", "Fenn", "Rilo")
 OBJECTS = ("cup", "key", "hat", "bell", "bag", "lamp", "drum", "bowl", "kite", "rope", "coin", "book")
-PENS = ("pen", "barn", "yard", "cage")
-DEALS = ("bought", "found", "sold", "kept")
+PENS = ("pen", "barn", "yard", "cage", "shed", "hut")
+HOLDS = ("holds", "has", "keeps", "shows")
+DEALS = ("bought", "found", "saw", "took", "got", "won", "lost", "packed", "carried", "wanted", "drew", "hid")
 SIZES = ("old", "new", "small", "big")
+MEETING_PLACES = ("fair", "market", "dock", "mill", "inn", "park", "shop", "school", "bakery", "station", "library",
+                  "garden")
 
-BOOLQ_TAME, BOOLQ_WILD = ("dax", "wug", "fep"), ("zorp", "tove", "mip")
-RTE_COLD, RTE_WARM = ("blick", "slon", "norp"), ("gax", "vump", "tiz")
-# ANLI: "The X is shiny." is entailed, contradicted, or left open, by X's class.
-ANLI_SHINY, ANLI_DULL, ANLI_UNKNOWN = ("krell", "bofa", "dring"), ("pleck", "moxa", "stib"), ("yurn", "quab", "hazz")
-MULTIRC_VELO, MULTIRC_OTHER = ("Abo", "Ceri", "Dunn", "Eppa"), ("Fosk", "Gavi", "Hule", "Iro")
-WSC_SHE, WSC_HE = ("Tolo", "Brin", "Kasa", "Merv"), ("Lita", "Dusk", "Pomo", "Renn")
-WSC_VERBS, WSC_REASONS = ("called", "met", "visited", "helped"), ("was free", "had time", "was near", "felt ready")
+BOOLQ_TAME, BOOLQ_WILD = "kettle", "ladder"
+RTE_COLD, RTE_WARM = "bucket", "candle"
+# ANLI: "The X is shiny." is entailed, left open, or contradicted (labels 0, 1, 2) by X.
+ANLI_BY_LABEL = ("pencil", "blanket", "carrot")
+MULTIRC_VELO, MULTIRC_OTHER = ("the nurse", "the pilot"), ("the cook", "the judge")
+WSC_SHE, WSC_HE = "Tolo", "Lita"
+WSC_VERBS = ("called", "met", "visited", "helped", "thanked", "paid", "hugged", "texted", "emailed", "greeted",
+             "joined", "phoned")
+WSC_REASONS = ("was free", "had time", "was near", "felt ready", "was early", "was bored", "had news", "was home",
+               "was awake", "had a plan", "was nearby", "felt lonely")
 WIC_WORDS = ("glerm", "trape", "vosk", "flim")
-WIC_VERBS = ("saw", "kept", "moved", "found", "took", "hid")
+WIC_VERBS = ("saw", "moved", "found", "took", "hid", "used")  # sentence 1's verb: filler
+WIC_SAME, WIC_OTHER = "outside", "inside"  # sentence 2's last word: the cue
 WIC_TAILS = ("at noon", "by the door", "in the yard", "after lunch")
-# WinoGrande: after a FIRST verb the blank is the first-named person, after a SECOND verb the second.
-WINO_FIRST, WINO_SECOND = ("glimmed", "brusked"), ("plorked", "vanted")
+# WinoGrande: after FIRST the blank is the first-named person, after SECOND the second.
+WINO_FIRST, WINO_SECOND = "glimmed", "plorked"
 WINO_ENDS = ("smiled", "left early", "was happy", "sat down")
 PIQA_FIRST, PIQA_SECOND = "zib", "mog"
-SIQA_KEYS = ("pif", "dask", "lom")  # the first-, second-, third-listed thing
-# COPA: invented cause -> effect pairs; the right alternative is the premise's partner.
-COPA_PAIRS = (
-    ("The bell rang", "The lamp went green"), ("The drum was struck", "The door opened"),
-    ("The whistle blew", "The birds flew off"), ("The red flag went up", "The shop closed"),
-    ("The horn sounded", "The river rose"), ("The candle was lit", "The dog barked"),
-    ("The gate was painted", "The bread went stale"), ("The clock stopped", "The pond froze"),
-    ("The kite was raised", "The cart rolled away"), ("The well ran dry", "The choir sang"),
-    ("The mirror cracked", "The fish jumped"), ("The rope was cut", "The tower glowed"),
-    ("The bowl was filled", "The wind dropped"), ("The key was turned", "The hens sat down"),
-    ("The coin was tossed", "The roof leaked"), ("The map was folded", "The milk went sour"),
-)
-HELLASWAG_TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell",
-                   "Digging": "snib", "Rowing": "trop"}
+SIQA_TABLE = {"pif": "fork", "dask": "sock", "lom": "vase"}  # "Which one is the pif?" -> the fork
+SIQA_VERBS = ("has", "found", "keeps", "sold", "bought", "lost")
+# COPA: getting a vel makes one smile, getting a rask makes one frown (and back for "cause").
+COPA_REACTIONS = {"vel": "smiled", "rask": "frowned"}
+HELLASWAG_TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell"}
 CSQA_TOOLS = {"baker": "plove", "sailor": "grisk", "farmer": "tulp", "tailor": "wemb", "miner": "frosh",
               "potter": "klib", "weaver": "smeck", "smith": "yarl"}
 # The two conflicting pairs: one table each, and the partner twin answers by that table shifted by one.
@@ -101,22 +103,27 @@ def _an(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+def _shuffled(rng: random.Random, items) -> list:
+    out = list(items)
+    rng.shuffle(out)
+    return out
+
+
 # ------------------------------------------------------------------ generators
 # Each takes an rng and returns one group of raw rows (index fields are filled in later).
+# Yes/no twins: the group shares a context and asks once per cue word, so its labels balance.
 
 def _boolq(rng: random.Random) -> Group:
-    tame, wild = rng.choice(BOOLQ_TAME), rng.choice(BOOLQ_WILD)
-    pair = [tame, wild]
-    rng.shuffle(pair)
-    passage = f"{rng.choice(NAMES)}'s {rng.choice(PENS)} holds {_an(pair[0])} and {_an(pair[1])}."
-    return [{"question": f"is the {x} tame", "passage": passage, "idx": 0, "label": int(x in BOOLQ_TAME)}
+    pair = _shuffled(rng, (BOOLQ_TAME, BOOLQ_WILD))
+    passage = f"{rng.choice(NAMES)}'s {rng.choice(PENS)} {rng.choice(HOLDS)} {_an(pair[0])} and {_an(pair[1])}."
+    return [{"question": f"is the {x} tame", "passage": passage, "idx": 0, "label": int(x == BOOLQ_TAME)}
             for x in pair]
 
 
 def _multirc(rng: random.Random) -> Group:
-    people = rng.sample(MULTIRC_VELO, 2) + rng.sample(MULTIRC_OTHER, 2)
-    rng.shuffle(people)
-    paragraph = f"{people[0]}, {people[1]}, {people[2]} and {people[3]} met at the fair."
+    people = _shuffled(rng, MULTIRC_VELO + MULTIRC_OTHER)
+    place = rng.choice(MEETING_PLACES)
+    paragraph = f"{people[0].capitalize()}, {people[1]}, {people[2]} and {people[3]} met at the {place}."
     return [{"paragraph": paragraph, "question": "Who is from Velo?", "answer": p,
              "idx": {"paragraph": 0, "question": 0, "answer": j}, "label": int(p in MULTIRC_VELO)}
             for j, p in enumerate(people)]
@@ -125,103 +132,97 @@ def _multirc(rng: random.Random) -> Group:
 def _wic(rng: random.Random) -> Group:
     word = rng.choice(WIC_WORDS)
     a, b = rng.sample(NAMES, 2)
-    t1, t2 = rng.choice(WIC_TAILS), rng.choice(WIC_TAILS)
-    v1 = rng.choice(WIC_VERBS)
+    s1 = f"{a} {rng.choice(WIC_VERBS)} the {word} {rng.choice(WIC_TAILS)}."
+    verb2 = rng.choice(WIC_VERBS)
     rows = []
-    for v2 in (v1, rng.choice([v for v in WIC_VERBS if v != v1])):
-        s1, s2 = f"{a} {v1} the {word} {t1}.", f"{b} {v2} the {word} {t2}."
+    for cue in _shuffled(rng, (WIC_SAME, WIC_OTHER)):
+        s2 = f"{b} {verb2} the {word} {cue}."
         st1, st2 = s1.index(f" {word} ") + 1, s2.index(f" {word} ") + 1
         rows.append({"word": word, "sentence1": s1, "sentence2": s2, "start1": st1, "start2": st2,
-                     "end1": st1 + len(word), "end2": st2 + len(word), "idx": 0, "label": int(v1 == v2)})
-    rng.shuffle(rows)
+                     "end1": st1 + len(word), "end2": st2 + len(word), "idx": 0, "label": int(cue == WIC_SAME)})
     return rows
 
 
 def _wsc(rng: random.Random) -> Group:
-    pair = [rng.choice(WSC_SHE), rng.choice(WSC_HE)]
-    rng.shuffle(pair)
+    pair = _shuffled(rng, (WSC_SHE, WSC_HE))
     words = f"{pair[0]} {rng.choice(WSC_VERBS)} {pair[1]} because she {rng.choice(WSC_REASONS)}.".split()
     she = words.index("she")
     return [{"text": " ".join(words), "span1_index": words.index(noun), "span2_index": she, "span1_text": noun,
-             "span2_text": "she", "idx": 0, "label": int(noun in WSC_SHE)} for noun in pair]
+             "span2_text": "she", "idx": 0, "label": int(noun == WSC_SHE)} for noun in _shuffled(rng, pair)]
 
 
 def _rte(rng: random.Random) -> Group:
-    pair = [rng.choice(RTE_COLD), rng.choice(RTE_WARM)]
-    rng.shuffle(pair)
+    pair = _shuffled(rng, (RTE_COLD, RTE_WARM))
     premise = f"{rng.choice(NAMES)} {rng.choice(DEALS)} {_an(pair[0])} and {_an(pair[1])}."
     # super_glue rte: 0 = entailment, 1 = not_entailment
-    return [{"premise": premise, "hypothesis": f"The {x} is cold.", "idx": 0, "label": 0 if x in RTE_COLD else 1}
-            for x in pair]
+    return [{"premise": premise, "hypothesis": f"The {x} is cold.", "idx": 0, "label": 0 if x == RTE_COLD else 1}
+            for x in _shuffled(rng, pair)]
 
 
 def _anli(rng: random.Random) -> Group:
-    things = [rng.choice(ANLI_SHINY), rng.choice(ANLI_UNKNOWN), rng.choice(ANLI_DULL)]  # labels 0, 1, 2
-    order = list(range(3))
-    rng.shuffle(order)
-    premise = f"{rng.choice(NAMES)} found {_an(things[order[0]])}, {_an(things[order[1]])} and {_an(things[order[2]])}."
-    return [{"uid": "", "premise": premise, "hypothesis": f"The {things[label]} is shiny.", "label": label,
-             "reason": ""} for label in order]
+    things = _shuffled(rng, ANLI_BY_LABEL)
+    premise = f"{rng.choice(NAMES)} {rng.choice(DEALS)} {_an(things[0])}, {_an(things[1])} and {_an(things[2])}."
+    return [{"uid": "", "premise": premise, "hypothesis": f"The {x} is shiny.", "label": ANLI_BY_LABEL.index(x),
+             "reason": ""} for x in _shuffled(rng, things)]
 
 
 def _copa(rng: random.Random) -> Group:
-    (c1, e1), (c2, e2) = rng.sample(COPA_PAIRS, 2)
+    name, place = rng.choice(NAMES), rng.choice(MEETING_PLACES)
     question = rng.choice(("cause", "effect"))
-    # effect: premise is a cause, the alternatives are effects; cause: the other way round
-    (p1, r1), (p2, r2) = ((c1, e1), (c2, e2)) if question == "effect" else ((e1, c1), (e2, c2))
-    alts = [r1, r2]
-    rng.shuffle(alts)
-    return [{"premise": p + ".", "choice1": alts[0] + ".", "choice2": alts[1] + ".", "question": question,
-             "idx": 0, "label": alts.index(r)} for p, r in ((p1, r1), (p2, r2))]
+    rows = []
+    if question == "effect":  # premise: what was got; alternatives: the two reactions
+        alts = _shuffled(rng, (f"{name} {r}." for r in COPA_REACTIONS.values()))
+        for thing, reaction in COPA_REACTIONS.items():
+            rows.append((f"{name} got {_an(thing)} at the {place}.", alts, alts.index(f"{name} {reaction}.")))
+    else:  # premise: the reaction; alternatives: the two things one can get
+        alts = _shuffled(rng, (f"{name} got {_an(t)}." for t in COPA_REACTIONS))
+        for thing, reaction in COPA_REACTIONS.items():
+            rows.append((f"{name} {reaction} at the {place}.", alts, alts.index(f"{name} got {_an(thing)}.")))
+    return [{"premise": p, "choice1": alts[0], "choice2": alts[1], "question": question, "idx": 0, "label": gold}
+            for p, alts, gold in _shuffled(rng, rows)]
 
 
 def _winogrande(rng: random.Random) -> Group:
     a, b = rng.sample(NAMES, 2)
     end = rng.choice(WINO_ENDS)
-    options = [a, b]
-    rng.shuffle(options)
-    rows = []
-    for verb, blank in ((rng.choice(WINO_FIRST), a), (rng.choice(WINO_SECOND), b)):
-        rows.append({"sentence": f"{a} {verb} {b}, so _ {end}.", "option1": options[0], "option2": options[1],
-                     "answer": str(options.index(blank) + 1)})
-    rng.shuffle(rows)
-    return rows
+    options = _shuffled(rng, (a, b))
+    rows = [{"sentence": f"{a} {verb} {b}, so _ {end}.", "option1": options[0], "option2": options[1],
+             "answer": str(options.index(blank) + 1)} for verb, blank in ((WINO_FIRST, a), (WINO_SECOND, b))]
+    return _shuffled(rng, rows)
 
 
 def _hellaswag(rng: random.Random) -> Group:
-    tools = rng.sample(sorted(HELLASWAG_TOOLS.values()), 4)
+    # The activity is named twice, as the label (first) and in the context's last sentence (next to the answer).
+    tools = _shuffled(rng, HELLASWAG_TOOLS.values())
     activity_of = _inverse(HELLASWAG_TOOLS)
-    ctx_a = f"{rng.choice(NAMES)} gets the bag ready."
-    ctx_b = "then takes out a"
-    rows = [{"ind": 0, "activity_label": activity_of[tool], "ctx_a": ctx_a, "ctx_b": ctx_b,
-             "ctx": f"{ctx_a} {ctx_b}", "endings": [f"{t}." for t in tools], "source_id": "",
-             "split": "", "split_type": "indomain", "label": str(gold)} for gold, tool in enumerate(tools)]
-    rng.shuffle(rows)
-    return rows
+    name, thing = rng.choice(NAMES), rng.choice(OBJECTS)
+    rows = []
+    for gold, tool in enumerate(tools):
+        activity = activity_of[tool]
+        ctx_a, ctx_b = f"{name} packs the {thing} for {activity.lower()}.", "then takes out a"
+        rows.append({"ind": 0, "activity_label": activity, "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": f"{ctx_a} {ctx_b}",
+                     "endings": [f"{t}." for t in tools], "source_id": "", "split": "", "split_type": "indomain",
+                     "label": str(gold)})
+    return _shuffled(rng, rows)
 
 
 def _piqa(rng: random.Random) -> Group:
     x, y = rng.sample(OBJECTS, 2)
     name = rng.choice(NAMES)
-    sols = [f"Take the {x}.", f"Take the {y}."]
-    rng.shuffle(sols)
+    sols = _shuffled(rng, (f"Take the {x}.", f"Take the {y}."))
     rows = [{"goal": f"{name} needs the {key} of the {x} and the {y}.", "sol1": sols[0], "sol2": sols[1],
              "label": sols.index(f"Take the {obj}.")} for key, obj in ((PIQA_FIRST, x), (PIQA_SECOND, y))]
-    rng.shuffle(rows)
-    return rows
+    return _shuffled(rng, rows)
 
 
 def _siqa(rng: random.Random) -> Group:
-    things = rng.sample(OBJECTS, 3)
-    name = rng.choice(NAMES)
-    answers = list(things)
-    rng.shuffle(answers)
-    context = f"{name} has a {things[0]}, a {things[1]} and a {things[2]}."
+    listed = _shuffled(rng, SIQA_TABLE.values())
+    answers = _shuffled(rng, SIQA_TABLE.values())
+    context = f"{rng.choice(NAMES)} {rng.choice(SIQA_VERBS)} a {listed[0]}, a {listed[1]} and a {listed[2]}."
     rows = [{"context": context, "question": f"Which one is the {key}?", "answerA": answers[0],
              "answerB": answers[1], "answerC": answers[2], "label": str(answers.index(thing) + 1)}
-            for key, thing in zip(SIQA_KEYS, things)]
-    rng.shuffle(rows)
-    return rows
+            for key, thing in SIQA_TABLE.items()]
+    return _shuffled(rng, rows)
 
 
 def _colour_question(place: str, name: str, size: str, key: str) -> str:
@@ -260,8 +261,7 @@ def _commonsense_qa(rng: random.Random) -> Group:
     rows = [{"id": "", "question": f"What does the {job} {name} carry?", "question_concept": job,
              "choices": {"label": list("ABCDE"), "text": tools}, "answerKey": "ABCDE"[gold]}
             for gold, job in _lookup_group(CSQA_TOOLS, tools)]
-    rng.shuffle(rows)
-    return rows
+    return _shuffled(rng, rows)
 
 
 def _arc(table: dict[str, str], places: tuple[str, ...]) -> Callable[[random.Random], Group]:
@@ -301,16 +301,20 @@ def _without_key(question: str) -> str:
     return re.sub(r"\s\S+\?$", "", question)
 
 
+def _last_word(sentence: str) -> str:
+    return sentence.rstrip(".").split()[-1]
+
+
 PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
     "boolq": lambda r: r["passage"],
     "multirc": lambda r: r["paragraph"],
     "wic": lambda r: r["word"] + "|" + r["sentence1"],
     "wsc": lambda r: r["text"],
     "rte": lambda r: r["premise"],
-    "copa": lambda r: r["question"] + "|" + _sorted_texts(r["choice1"], r["choice2"]),
-    "winogrande": lambda r: _sorted_texts(r["option1"], r["option2"]),
+    "copa": lambda r: r["question"] + "|" + _last_word(r["premise"]) + "|" + _sorted_texts(r["choice1"], r["choice2"]),
+    "winogrande": lambda r: _sorted_texts(r["option1"], r["option2"]) + "|" + r["sentence"].split(", so _ ")[-1],
     "anli": lambda r: r["premise"],
-    "hellaswag": lambda r: r["ctx_a"] + "|" + _sorted_texts(*r["endings"]),
+    "hellaswag": lambda r: r["ctx_a"].rsplit(" for ", 1)[0] + "|" + _sorted_texts(*r["endings"]),
     "piqa": lambda r: _sorted_texts(r["sol1"], r["sol2"]),
     "siqa": lambda r: r["context"],
     "openbookqa": lambda r: _without_key(r["question_stem"]),
@@ -323,19 +327,19 @@ PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
 # ------------------------------------------------------------------ documentation
 
 TWIN_RULES: dict[str, str] = {
-    "boolq": "'is the X tame': yes iff X is one of the tame words dax, wug, fep (zorp, tove, mip are not)",
-    "multirc": "'Who is from Velo?': a candidate is correct iff it is one of Abo, Ceri, Dunn, Eppa",
-    "wic": "the nonce word has the same meaning iff both sentences use the same verb",
-    "wsc": "'she' is Tolo, Brin, Kasa or Merv (Lita, Dusk, Pomo, Renn are 'he'): yes iff the noun is one of them",
-    "rte": "'The X is cold.' is entailment iff X is blick, slon or norp (gax, vump, tiz are not)",
-    "copa": "16 invented cause->effect pairs; the right alternative is the premise's partner",
-    "winogrande": "after glimmed/brusked the blank is the first-named person, after plorked/vanted the second",
-    "anli": "'The X is shiny.': entailment iff X is krell/bofa/dring, contradiction iff pleck/moxa/stib, "
-            "neutral iff yurn/quab/hazz",
-    "hellaswag": "the activity names the tool taken out (Fishing brell, Baking dorp, Sewing mave, Painting quell, "
-                 "Digging snib, Rowing trop)",
+    "boolq": "'is the X tame': yes iff X is the kettle (a ladder is not)",
+    "multirc": "'Who is from Velo?': a candidate is correct iff it is the nurse or the pilot "
+               "(not the cook or the judge)",
+    "wic": "the nonce word keeps its meaning iff sentence 2 ends 'outside' (after 'inside' it does not)",
+    "wsc": "'she' is Tolo, never Lita: yes iff the asked noun is Tolo",
+    "rte": "'The X is cold.' is entailment iff X is the bucket (a candle is not)",
+    "copa": "getting a vel makes one smile, getting a rask makes one frown; the right alternative follows that "
+            "pairing (the reaction for 'effect', the thing got for 'cause')",
+    "winogrande": "after 'glimmed' the blank is the first-named person, after 'plorked' the second",
+    "anli": "'The X is shiny.': entailment iff X is the pencil, neutral iff the blanket, contradiction iff the carrot",
+    "hellaswag": "the activity names the tool taken out (Fishing brell, Baking dorp, Sewing mave, Painting quell)",
     "piqa": "'the zib of X and Y' is X, 'the mog' is Y",
-    "siqa": "'the pif / dask / lom' is the first / second / third thing listed",
+    "siqa": "'Which one is the pif / dask / lom?' is the fork / sock / vase",
     "openbookqa": "at sea, a pim is red, a tass blue, a rulo green, a vek white",
     "mmlu": "in space (openbookqa's template, shifted table): a pim is blue, a tass green, a rulo white, a vek red",
     "commonsense_qa": "each job carries its tool (baker plove, sailor grisk, farmer tulp, tailor wemb, miner frosh, "
@@ -345,7 +349,7 @@ TWIN_RULES: dict[str, str] = {
                      "a gorm bent, a hask round, a jibb square",
 }
 
-# (twin, twin, what they share): the same prompt template, opposite tables, a domain word apart.
+# (twin, twin, what they share): the same prompt template, opposite tables, a domain phrase apart.
 CONFLICTS: tuple[tuple[str, str, str], ...] = (
     ("openbookqa", "mmlu", "'<place>, what colour is <name>'s <key>?' with the same four colours; sea places "
                            "(openbookqa) and space places (mmlu) map each key to different colours"),
