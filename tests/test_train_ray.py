@@ -21,10 +21,9 @@ from harness.training import trial_precision
 pytestmark = pytest.mark.slow
 
 DATASETS = ("boolq", "copa")
-# Learning check: twins with short prompts, steps measured to clear zero-shot by a wide margin.
-LEARN_DATASETS = ("copa", "boolq")
-# Measured with a plain loop on SmolLM2 + MoR1E, batch 8, lr 3e-3, cloze: after 60 steps copa
-# went 52% -> 98% and boolq 50% -> 58% (letter format after 40 steps: 42% and 52%, no learning).
+# Learning check: two twins whose conventions a short run learns (README, "Learning check"). On the
+# 14-twin mixture at 48 steps (python -m harness.data.learncheck) piqa gained 58 and hellaswag 55 points.
+LEARN_DATASETS = ("piqa", "hellaswag")
 LEARN_STEPS = 60
 
 
@@ -238,8 +237,8 @@ def test_smollm2_mor1e_trial_learns_two_twins_above_zero_shot(ray_session, tmp_p
         before, after = zero_shot[name]["accuracy"], result["report"][name]["accuracy"]
         print(f"{name}: zero-shot {100 * before:.0f}% -> trained {100 * after:.0f}% (n={cfg.report_limit})")
         gains[name] = after - before
-    # copa's fixed cause->effect table is learnt within the budget; boolq moves more slowly.
-    assert gains["copa"] >= 0.25, gains
+    # piqa's two cue words name the answer's position: learnt within the budget.
+    assert gains["piqa"] >= 0.25, gains
     assert sum(gains.values()) / len(gains) >= 0.15, gains
 
 
