@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.data.adapters import DATASETS, FORMATS, KNOWN_DATASETS, ROLES, DataError, get_adapter, resolve_datasets
+from harness.data.adapters import FORMATS, KNOWN_DATASETS, ROLES, DataError, get_adapter, resolve_datasets
 from harness.data.loading import LoadStats, load_split, split_name
 from harness.data.synth import DEFAULT_N_TRAIN, DEFAULT_N_VALIDATION, write_synthetic
 
