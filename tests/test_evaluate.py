@@ -417,8 +417,10 @@ def test_scoring_benchmark_prints_its_table_on_the_tiny_model(capsys):
     # MoR1E (scored with real intuition scores) and MoLoRA, with and without router telemetry
     assert "Router telemetry cost: batched letter scoring of 6 examples" in out
     assert [row.split("|")[1].strip() for row in telemetry[1:]] == ["mor1e", "molora"]
-    gate = {row.split("|")[1].strip(): row.split("|")[7].strip() for row in telemetry[1:]}
+    gate = {row.split("|")[1].strip(): row.split("|")[8].strip() for row in telemetry[1:]}
     assert gate["molora"] == "-" and 0.0 < float(gate["mor1e"]) < 1.0
     for row in telemetry[1:]:
-        stats = [float(v) for v in row.split("|")[8:12]]
+        observed = float(row.split("|")[7].strip().rstrip("%"))
+        assert 0.0 < observed < 100.0, row  # the observers ran, inside the timed pass
+        stats = [float(v) for v in row.split("|")[9:13]]
         assert all(0.0 <= v <= 1.0 for v in stats), row
