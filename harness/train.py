@@ -170,7 +170,9 @@ def run_trial(cfg: TrialConfig, *, name: str, storage_path: str | os.PathLike, c
     ``selection`` ({dataset: {accuracy, acc_norm, n_examples}}). The last report
     adds ``report`` (same shape, report split), ``report_accuracy``,
     ``trainable_params``, ``tokens``, ``tokens_per_s``, ``train_time_s``,
-    ``time_to_first_step_s``, ``peak_rss_mb`` (max over workers),
+    ``time_to_first_step_s``, where a worker's time went (``worker_start_s``: from ``fit()`` to the
+    worker's entry; ``setup_s``: model, adapter and DeepSpeed; ``train_time_s``; ``eval_time_s``:
+    scoring; ``checkpoint_time_s``: saving and reporting, before the final report), ``peak_rss_mb`` (max over workers),
     ``peak_rss_mb_per_worker``, ``resumed_from_step`` and ``finished``.
     The returned dict is that last report plus ``checkpoint_path``,
     ``run_path``, ``use_gpu`` and ``wall_s``. A run whose name already exists

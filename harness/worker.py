@@ -259,8 +259,10 @@ def train_loop_per_worker(config: dict) -> None:
     dense = cfg.method == "dense"
 
     # Resume: the newest checkpoint the controller registered (None on a fresh run).
+    this_attempt = {"worker_start_s": entered_at - config["fit_started_at"], "setup_s": time.time() - entered_at}
     state = {"step": 0, "tokens": 0.0, "train_time_s": 0.0, "time_to_first_step_s": None,
-             "resumed_from_step": None}
+             "resumed_from_step": None, "eval_time_s": 0.0, "checkpoint_time_s": 0.0,
+             "worker_start_s": 0.0, "setup_s": 0.0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -272,6 +274,8 @@ def train_loop_per_worker(config: dict) -> None:
             _, client = engine.load_checkpoint(ckpt_dir, load_module_strict=dense)
         state.update({k: client[k] for k in state if k in client})
         state["resumed_from_step"] = client["step"]
+    for key, seconds in this_attempt.items():  # summed over attempts, as train_time_s is
+        state[key] += seconds
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = [encode_training_example(tokenizer, ex.prompt, ex.target, cfg.max_seq_len) for ex in data.train]
@@ -354,11 +358,15 @@ def train_loop_per_worker(config: dict) -> None:
                 "devices_per_worker": devices_per_worker,
                 "tokens": comm.sum([state["tokens"]])[0],
             }
+            t0 = time.perf_counter()
             last_predictions = _score(evaluate, data, cfg, metrics, final=last, module=module, comm=comm,
                                       device=device)
+            state["eval_time_s"] += time.perf_counter() - t0
             if last:
                 metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
+            t0 = time.perf_counter()
             save_and_report(metrics, last_predictions, final=last)
+            state["checkpoint_time_s"] += time.perf_counter() - t0
             if first_probe_pending:
                 first_probe_pending = False
                 _fault_probe(cfg, rank)
@@ -442,6 +450,10 @@ def _final_metrics(state: dict, trainable_params: int, comm: _Collectives, enter
         "peak_rss_mb_per_worker": rss,
         "worker_nodes": nodes,
         "resumed_from_step": state["resumed_from_step"],
+        "eval_time_s": state.get("eval_time_s", 0.0),
+        "checkpoint_time_s": state.get("checkpoint_time_s", 0.0),
+        "worker_start_s": state.get("worker_start_s"),
+        "setup_s": state.get("setup_s"),
         "worker_wall_s": time.time() - entered_at,
         "finished": True,
     }

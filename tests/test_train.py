@@ -75,6 +75,7 @@ def test_resolved_dtype_and_deepspeed_config():
     assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
     assert ds["gradient_clipping"] == 0.5
     assert ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["optimizer"]["params"]["fused"] is True  # passed through to torch.optim.AdamW
     assert "bf16" not in ds and "fp16" not in ds and "torch_autocast" not in ds  # fp32 on a CPU by default
     assert deepspeed_config(cfg, use_gpu=True)["bf16"] == {"enabled": True}
     # auto: bf16 on a GPU and on a CPU with bf16 matrix units, where it is autocast over fp32 weights.

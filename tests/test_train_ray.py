@@ -81,6 +81,10 @@ def check_trial_result(result: dict, cfg: TrialConfig) -> None:
     assert result["tokens_per_s"] > 0 and result["peak_rss_mb"] > 100
     assert len(result["peak_rss_mb_per_worker"]) == cfg.num_workers
     assert result["time_to_first_step_s"] > 0
+    # Where the worker's time went: every part measured (a resumed run may have saved nothing
+    # before its final report).
+    parts = ("worker_start_s", "setup_s", "train_time_s", "eval_time_s")
+    assert all(result[k] > 0 for k in parts) and result["checkpoint_time_s"] >= 0, result
     assert result["precision"] == trial_precision(cfg, use_gpu=False)
     ckpt = Path(result["checkpoint_path"])
     assert (ckpt / "latest").read_text().strip() == f"step{cfg.steps}"
