@@ -144,7 +144,7 @@ def trial_budget(cfg, *, total_steps: int | None = None, band: tuple[int, int] |
 
 def scoring_precision(metrics: dict | None, *, method: str, use_gpu: bool | None) -> str | None:
     """What the trial's scoring ran in: the worker's own ``scoring_precision`` when it reports one;
-    otherwise as the worker scores today -- fp32 on a CPU (autocast is off while scoring) and for
+    otherwise (metrics of a run that did not report it) as such runs scored -- fp32 on a CPU and for
     zero-shot everywhere, the training dtype on a GPU (DeepSpeed's bf16/fp16 modes hold the model in it)."""
     metrics = metrics or {}
     if metrics.get("scoring_precision"):

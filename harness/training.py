@@ -8,6 +8,8 @@ DeepSpeed config. ``harness.worker`` runs them inside each Ray Train worker.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import math
 from dataclasses import dataclass
@@ -164,6 +166,27 @@ def cpu_has_bf16_matmul() -> bool:
 def trial_precision(cfg: TrialConfig, use_gpu: bool) -> str:
     """The precision this process trains ``cfg`` in (``dtype: auto`` looks at the hardware)."""
     return cfg.resolved_dtype(use_gpu, cpu_bf16=not use_gpu and cpu_has_bf16_matmul())
+
+
+def scoring_precision(cfg: TrialConfig, use_gpu: bool, precision: str) -> str:
+    """The precision a trial scores in; ``precision`` is ``trial_precision``'s answer.
+
+    On a GPU the module's own dtype: DeepSpeed's bf16/fp16 modes hold a training module in the
+    training dtype, a scoring-only run keeps fp32. On a CPU ``cfg.scoring_dtype``, where ``auto``
+    follows ``precision`` (bf16 there is autocast over fp32 weights, as in training).
+    """
+    if use_gpu:
+        return precision if cfg.trains else "fp32"
+    return precision if cfg.scoring_dtype == "auto" else cfg.scoring_dtype
+
+
+def scoring_autocast(precision: str, use_gpu: bool):
+    """The context scoring runs in: bf16 autocast on a CPU scoring in bf16, else nothing."""
+    import torch
+
+    if precision == "bf16" and not use_gpu:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def deepspeed_config(cfg: TrialConfig, *, use_gpu: bool, precision: str | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from harness.methods import METHODS, method_config
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+SCORING_DTYPES = ("fp32", "bf16", "auto")
 ZERO_STAGES = (0, 1, 2, 3)
 SCORED_ROLES = ("selection", "report")
 DEFAULT_STEPS = 100
@@ -81,7 +82,11 @@ class TrialConfig:
     dtype: str = "auto"
     """auto, fp32, bf16 or fp16 (fp16 needs a GPU). auto is bf16 on a GPU and on a CPU with bf16
     matrix instructions (AMX or AVX512-BF16), fp32 on other CPUs. On a CPU, bf16 is autocast mixed precision: weights,
-    gradients and optimizer state stay fp32, matrix products run in bf16; scoring there stays fp32."""
+    gradients and optimizer state stay fp32, matrix products run in bf16; scoring there follows ``scoring_dtype``."""
+    scoring_dtype: str = "fp32"
+    """Option scoring on a CPU: fp32, bf16 (autocast over the fp32 weights) or auto (what ``dtype``
+    resolves to, for a scoring-only run too, so a study's zero-shot rows score as its trained ones).
+    On a GPU scoring runs in the module's own dtype: the training dtype, fp32 for a scoring-only run."""
     train_limit: int | None = 200
     """Training examples per dataset (first N of the train role); None keeps all."""
     selection_limit: int | None = 64
@@ -150,6 +155,8 @@ class TrialConfig:
             raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.scoring_dtype not in SCORING_DTYPES:
+            raise ValueError(f"scoring_dtype must be one of {', '.join(SCORING_DTYPES)}, got {self.scoring_dtype!r}")
         for name in ("train_limit", "selection_limit", "report_limit"):
             _positive_int(name, getattr(self, name), allow_none=True)
         _positive_int("eval_every", self.eval_every, allow_zero=True)

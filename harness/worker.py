@@ -44,6 +44,8 @@ from harness.training import (
     deepspeed_config,
     encode_training_example,
     lr_multiplier,
+    scoring_autocast,
+    scoring_precision,
     trial_precision,
 )
 from harness.trial import TrialConfig
@@ -216,6 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
     comm = _Collectives(world, device)
 
     precision = trial_precision(cfg, use_gpu)
+    scoring = scoring_precision(cfg, use_gpu, precision)
     # Under CPU autocast, SDPA's bf16 backward is ~7x slower than eager attention's bf16 matmuls.
     attention = "eager" if precision == "bf16" and not use_gpu and cfg.trains else None
     model, tokenizer = load_model(cfg.model, dtype=torch.float32, seed=cfg.seed, attn_implementation=attention)
@@ -236,7 +239,7 @@ def train_loop_per_worker(config: dict) -> None:
     devices_per_worker = 1 if use_gpu else torch.get_num_threads()
     if not cfg.trains:
         _evaluate_only(model.to(device), tokenizer, data, cfg, rank, world, comm, trainable_params, entered_at,
-                       devices_per_worker)
+                       devices_per_worker, scoring=scoring, use_gpu=use_gpu)
         return
 
     import deepspeed
@@ -285,8 +288,9 @@ def train_loop_per_worker(config: dict) -> None:
     left_pad = opts["position_ids"] and opts["keep_arg"] is not None
 
     def evaluate(examples, scores, role):
-        return evaluate_split(module, tokenizer, examples, scores, role=role, cfg=cfg, rank=rank, world=world,
-                              replicate=replicate_eval, comm=comm)
+        with scoring_autocast(scoring, use_gpu):
+            return evaluate_split(module, tokenizer, examples, scores, role=role, cfg=cfg, rank=rank, world=world,
+                                  replicate=replicate_eval, comm=comm)
 
     def save_and_report(metrics: dict, predictions: list[dict], *, final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="mor1e-ckpt-") as tmp:
@@ -352,9 +356,8 @@ def train_loop_per_worker(config: dict) -> None:
                 "loss": loss_total / max(count_total, 1.0),
                 "learning_rate": float(engine.get_lr()[0]),
                 "precision": precision,
-                # Scoring calls the module itself, outside DeepSpeed's CPU autocast: fp32 on a CPU; on a
-                # GPU the module holds its parameters in the training dtype.
-                "scoring_precision": precision if use_gpu else "fp32",
+                # Scoring calls the module itself, outside DeepSpeed's CPU autocast (see scoring_precision).
+                "scoring_precision": scoring,
                 "devices_per_worker": devices_per_worker,
                 "tokens": comm.sum([state["tokens"]])[0],
             }
@@ -475,17 +478,18 @@ def _export_adapter(module, directory: Path, *, rank: int, zero3: bool) -> None:
 
 
 def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, rank, world, comm, trainable_params,
-                   entered_at, devices_per_worker) -> None:
+                   entered_at, devices_per_worker, *, scoring: str, use_gpu: bool) -> None:
     """zeroshot: no training, one report with the scored splits' metrics."""
     import ray.train
 
     def evaluate(examples, scores, role):
-        return evaluate_split(model, tokenizer, examples, scores, role=role, cfg=cfg, rank=rank, world=world,
-                              replicate=False, comm=comm)
+        with scoring_autocast(scoring, use_gpu):
+            return evaluate_split(model, tokenizer, examples, scores, role=role, cfg=cfg, rank=rank, world=world,
+                                  replicate=False, comm=comm)
 
     state = {"tokens": 0.0, "train_time_s": 0.0, "time_to_first_step_s": None, "resumed_from_step": None}
     metrics = {"step": 0, "total_steps": 0, "epoch": 0.0, "loss": float("nan"), "learning_rate": 0.0,
-               "precision": "fp32", "scoring_precision": "fp32",  # scoring only, always fp32
+               "precision": "fp32", "scoring_precision": scoring,  # no training: fp32 weights throughout
                "devices_per_worker": devices_per_worker}
     predictions = _score(evaluate, data, cfg, metrics, final=True)
     metrics.update(_final_metrics(state, trainable_params, comm, entered_at))

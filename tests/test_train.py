@@ -38,6 +38,7 @@ from harness.worker import evaluate_split, mean_accuracy
         (dict(num_workers=0), "num_workers"),
         (dict(schedule="step"), "schedule"),
         (dict(dtype="fp8"), "dtype"),
+        (dict(scoring_dtype="fp16"), "scoring_dtype"),
         (dict(use_gpu=False, dtype="fp16"), "GPU"),
         (dict(scoring="free"), "scoring"),
         (dict(hparams={"r3": 2}), "r3"),
@@ -255,6 +256,40 @@ def test_evaluate_split_on_one_worker_matches_evaluate_examples(tokenizer):
         rows = [p for p in predictions if p["dataset"] == d]
         assert sum(p["pred"] == p["gold"] for p in rows) / len(rows) == got[d]["accuracy"]
         assert sum(p["pred_norm"] == p["gold"] for p in rows) / len(rows) == got[d]["acc_norm"]
+
+
+def test_scoring_precision_follows_scoring_dtype_on_a_cpu_and_the_module_on_a_gpu():
+    from harness.training import scoring_precision
+
+    trained, zeroshot = TrialConfig(method="lora"), TrialConfig(method="zeroshot")
+    assert scoring_precision(trained, False, "bf16") == "fp32"  # the default: exact scoring
+    assert scoring_precision(TrialConfig(method="lora", scoring_dtype="auto"), False, "bf16") == "bf16"
+    assert scoring_precision(TrialConfig(method="lora", scoring_dtype="auto"), False, "fp32") == "fp32"
+    # A scoring-only run with auto scores as the study's trained runs do (dtype auto -> bf16 here).
+    assert scoring_precision(TrialConfig(method="zeroshot", scoring_dtype="auto"), False, "bf16") == "bf16"
+    assert scoring_precision(TrialConfig(method="lora", scoring_dtype="bf16"), False, "fp32") == "bf16"
+    assert scoring_precision(trained, True, "bf16") == "bf16" and scoring_precision(zeroshot, True, "bf16") == "fp32"
+
+
+def test_bf16_scoring_runs_under_autocast_and_stays_close_to_fp32(tokenizer):
+    import torch
+
+    from harness.evaluate import score_examples
+    from harness.models import load_model
+    from harness.training import scoring_autocast
+
+    model, tok = load_model("tiny-random-llama", seed=0)
+    examples = [Example(id=f"copa-{i}", dataset="copa", prompt=f"Item {i} is", choices=("one", "two"),
+                        options=(" one more", " two of them"), gold=0, text=f"Item {i}") for i in range(4)]
+    fp32 = score_examples(model, tok, examples, progress=False)
+    with scoring_autocast("bf16", use_gpu=False):
+        assert torch.is_autocast_enabled("cpu")
+        bf16 = score_examples(model, tok, examples, progress=False)
+    with scoring_autocast("fp32", use_gpu=False):
+        assert not torch.is_autocast_enabled("cpu")
+    flat32, flat16 = [x for row in fp32 for x in row], [x for row in bf16 for x in row]
+    assert flat32 != flat16  # the matrix products really ran in bf16
+    assert flat16 == pytest.approx(flat32, rel=0.05)
 
 
 # ---------------------------------------------------------------- rows
