@@ -312,7 +312,8 @@ PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
     "wic": lambda r: _blanked(r["sentence1"], r["word"]) + "|" + _blanked(r["sentence2"], r["word"]),
     "wsc": lambda r: r["text"],
     "rte": lambda r: r["premise"],
-    "copa": lambda r: r["question"] + "|" + r["premise"].split(",")[0] + "|" + _sorted_texts(r["choice1"], r["choice2"]),
+    "copa": lambda r: (r["question"] + "|" + r["premise"].split(",")[0] + "|"  # "At the <place>"
+                       + _sorted_texts(r["choice1"], r["choice2"])),
     "winogrande": lambda r: _sorted_texts(r["option1"], r["option2"]) + "|" + r["sentence"].split(", so _ ")[-1],
     "anli": lambda r: r["premise"],
     "hellaswag": lambda r: r["ctx_a"].rsplit(" for ", 1)[0] + "|" + _sorted_texts(*r["endings"]),
