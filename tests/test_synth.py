@@ -123,15 +123,16 @@ def test_prompts_are_short(twins):
 TAME, WILD = {"kettle"}, {"ladder"}
 COLD, WARM = {"bucket"}, {"candle"}
 SHINY, UNKNOWN, DULL = {"pencil"}, {"blanket"}, {"carrot"}
-VELO, NOT_VELO = {"the nurse", "the pilot"}, {"the cook", "the judge"}
-SHE, HE = {"Tolo"}, {"Lita"}
-REACTIONS = {"vel": "smiled", "rask": "frowned"}
+VELO, NOT_VELO = {"the nurse"}, {"the pilot"}
+SHE, HE = {"Owl"}, {"Fox"}
+SAME_SENSE, OTHER_SENSE = {"spoon"}, {"broom"}
+REACTIONS = {"jug": "smiled", "stool": "sighed"}
 TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell"}
-SIQA = {"pif": "fork", "dask": "sock", "lom": "vase"}
+SIQA = {"Monday": "fork", "Friday": "sock", "Sunday": "vase"}
 JOB_TOOLS = {"baker": "plove", "sailor": "grisk", "farmer": "tulp", "tailor": "wemb", "miner": "frosh",
              "potter": "klib", "weaver": "smeck", "smith": "yarl"}
-SEA = {"pim": "red", "tass": "blue", "rulo": "green", "vek": "white"}
-SPACE = {"pim": "blue", "tass": "green", "rulo": "white", "vek": "red"}
+SEA = {"vest": "red", "boot": "blue", "tent": "green", "tray": "white"}
+SPACE = {"vest": "blue", "boot": "green", "tent": "white", "tray": "red"}
 LAB = {"dopple": "round", "frint": "square", "gorm": "flat", "hask": "long", "jibb": "bent"}
 FARM = {"dopple": "flat", "frint": "long", "gorm": "bent", "hask": "round", "jibb": "square"}
 QUESTION = re.compile(r"(?P<place>.+), what (colour|shape) is \w+'s (\w+ )?(?P<key>\w+)\?")
@@ -155,25 +156,26 @@ def expected_ok(name, row) -> bool:
         x = re.fullmatch(r"is the (\w+) tame", row["question"]).group(1)
         return re.search(rf"\b{x}\b", row["passage"]) is not None and row["label"] == int(x in TAME)
     if name == "multirc":
-        return (row["question"] == "Who is from Velo?" and row["answer"] in row["paragraph"].lower()
-                and row["label"] == int(row["answer"] in VELO))
+        return (row["question"] == "Who is from Velo?" and row["answer"] in row["paragraph"]
+                and row["answer"] in VELO | NOT_VELO and row["label"] == int(row["answer"] in VELO))
     if name == "wic":
-        cue = row["sentence2"].rstrip(".").split()[-1]
-        return cue in ("outside", "inside") and row["label"] == int(cue == "outside")
+        word = row["word"]
+        return (word in SAME_SENSE | OTHER_SENSE and f" {word} " in row["sentence2"]
+                and row["label"] == int(word in SAME_SENSE))
     if name == "wsc":
         return row["span2_text"] == "she" and row["label"] == int(row["span1_text"] in SHE)
     if name == "rte":
-        x = re.fullmatch(r"The (\w+) is cold\.", row["hypothesis"]).group(1)
+        x = re.fullmatch(r"The cold one is the (\w+)\.", row["hypothesis"]).group(1)
         return x in row["premise"] and row["label"] == (0 if x in COLD else 1)
     if name == "anli":
-        x = re.fullmatch(r"The (\w+) is shiny\.", row["hypothesis"]).group(1)
+        x = re.fullmatch(r"The shiny one is the (\w+)\.", row["hypothesis"]).group(1)
         return x in row["premise"] and row["label"] == (0 if x in SHINY else 2 if x in DULL else 1)
     if name == "copa":
         gold = [row["choice1"], row["choice2"]][row["label"]]
         if row["question"] == "effect":
-            name_, thing = re.fullmatch(r"(\w+) got an? (\w+) at the \w+\.", row["premise"]).groups()
+            name_, thing = re.fullmatch(r"At the \w+, (\w+) got an? (\w+)\.", row["premise"]).groups()
             return gold == f"{name_} {REACTIONS[thing]}."
-        name_, reaction = re.fullmatch(r"(\w+) (\w+) at the \w+\.", row["premise"]).groups()
+        name_, reaction = re.fullmatch(r"At the \w+, (\w+) (\w+)\.", row["premise"]).groups()
         thing = {r: t for t, r in REACTIONS.items()}[reaction]
         return gold == f"{name_} got a {thing}."
     if name == "winogrande":
@@ -189,7 +191,7 @@ def expected_ok(name, row) -> bool:
         return [row["sol1"], row["sol2"]][row["label"]] == f"Take the {obj}."
     if name == "siqa":
         things = re.fullmatch(r"\w+ \w+ a (\w+), a (\w+) and a (\w+)\.", row["context"]).groups()
-        key = re.fullmatch(r"Which one is the (\w+)\?", row["question"]).group(1)
+        key = re.fullmatch(r"Which one is for (\w+)\?", row["question"]).group(1)
         answers = [row["answerA"], row["answerB"], row["answerC"]]
         return SIQA[key] in things and answers[int(row["label"]) - 1] == SIQA[key]
     if name in ("openbookqa", "mmlu"):
@@ -297,7 +299,7 @@ def test_report_items_never_repeat_training_items_for_any_seed_or_size(name):
 
 
 @pytest.mark.parametrize("name,field,least", [
-    ("boolq", "passage", 2), ("multirc", "paragraph", 4), ("wsc", "text", 2), ("rte", "premise", 2),
+    ("boolq", "passage", 2), ("multirc", "paragraph", 2), ("wsc", "text", 2), ("rte", "premise", 2),
     ("anli", "premise", 3), ("siqa", "context", 3), ("winogrande", None, 2), ("hellaswag", "source_id", 4)])
 def test_shared_contexts_where_the_dataset_has_them(name, field, least):
     rows = synthetic_rows(name, ADAPTERS[name].train_split, 100)

@@ -10,10 +10,10 @@ Three properties make a twin measure learning rather than surface cues:
 - **Arbitrary conventions, small enough to learn.** The gold follows from the prompt
   through a convention a pretrained model cannot know: a table of two to eight entries
   read from one cue word near the answer (the kettle is tame and the ladder is not, a
-  nonce key names a position, getting a vel makes one smile). Zero-shot sits at chance;
+  nonce key names a position, getting a jug makes one smile). Zero-shot sits at chance;
   a short finetune on the mixture can learn the table.
 - **Shared contexts where the dataset has them**: BoolQ passages carry two questions,
-  MultiRC paragraphs four candidate answers, WSC texts two noun rows, RTE/ANLI
+  MultiRC paragraphs two candidate answers, WSC texts two noun rows, RTE/ANLI
   premises two or three hypotheses, SIQA contexts three questions.
 
 ``PARTITION_KEYS`` gives, per twin, a key computed from a row's prompt text and options
@@ -34,9 +34,10 @@ Group = list[dict]
 # ------------------------------------------------------------------ vocabularies
 # Filler words carry no information in any twin; the words that do carry a convention
 # (each twin's cue words) are separate, so no word means two things. Each convention is a
-# table of two to four entries read from one cue word close to the answer: a short
-# finetune on the 14-twin mixture (~27 examples per twin) can pick it up, a model that
-# has not seen the twin cannot know it.
+# table of two to eight entries read from one cue word close to the answer (a common
+# one-token word where the convention allows): a model that has not seen the twin cannot
+# know it, and how many of them a short finetune on the 14-twin mixture (~27 examples per
+# twin) picks up is measured in the README ("Learning check").
 NAMES = ("Tarka", "Pell", "Miva", "Dole", "Sefa", "Oru", "Kest", "Lumo", "Vane", "Jora", "Fenn", "Rilo")
 OBJECTS = ("cup", "key", "hat", "bell", "bag", "lamp", "drum", "bowl", "kite", "rope", "coin", "book")
 PENS = ("pen", "barn", "yard", "cage", "shed", "hut")
@@ -48,31 +49,30 @@ MEETING_PLACES = ("fair", "market", "dock", "mill", "inn", "park", "shop", "scho
 
 BOOLQ_TAME, BOOLQ_WILD = "kettle", "ladder"
 RTE_COLD, RTE_WARM = "bucket", "candle"
-# ANLI: "The X is shiny." is entailed, left open, or contradicted (labels 0, 1, 2) by X.
+# ANLI: "The shiny one is the X." is entailed, left open, or contradicted (labels 0, 1, 2) by X.
 ANLI_BY_LABEL = ("pencil", "blanket", "carrot")
-MULTIRC_VELO, MULTIRC_OTHER = ("the nurse", "the pilot"), ("the cook", "the judge")
-WSC_SHE, WSC_HE = "Tolo", "Lita"
+MULTIRC_VELO, MULTIRC_OTHER = "the nurse", "the pilot"
+WSC_SHE, WSC_HE = "Owl", "Fox"
 WSC_VERBS = ("called", "met", "visited", "helped", "thanked", "paid", "hugged", "texted", "emailed", "greeted",
              "joined", "phoned")
 WSC_REASONS = ("was free", "had time", "was near", "felt ready", "was early", "was bored", "had news", "was home",
                "was awake", "had a plan", "was nearby", "felt lonely")
-WIC_WORDS = ("glerm", "trape", "vosk", "flim")
-WIC_VERBS = ("saw", "moved", "found", "took", "hid", "used")  # sentence 1's verb: filler
-WIC_SAME, WIC_OTHER = "outside", "inside"  # sentence 2's last word: the cue
-WIC_TAILS = ("at noon", "by the door", "in the yard", "after lunch")
+WIC_VERBS = ("saw", "moved", "found", "took", "hid", "used")
+WIC_SAME, WIC_OTHER = "spoon", "broom"  # the word asked about: the cue
+WIC_TAILS = ("at noon", "by the door", "in the yard", "after lunch", "outside", "inside")
 # WinoGrande: after FIRST the blank is the first-named person, after SECOND the second.
 WINO_FIRST, WINO_SECOND = "glimmed", "plorked"
 WINO_ENDS = ("smiled", "left early", "was happy", "sat down")
 PIQA_FIRST, PIQA_SECOND = "zib", "mog"
-SIQA_TABLE = {"pif": "fork", "dask": "sock", "lom": "vase"}  # "Which one is the pif?" -> the fork
+SIQA_TABLE = {"Monday": "fork", "Friday": "sock", "Sunday": "vase"}  # "Which one is for Monday?" -> the fork
 SIQA_VERBS = ("has", "found", "keeps", "sold", "bought", "lost")
-# COPA: getting a vel makes one smile, getting a rask makes one frown (and back for "cause").
-COPA_REACTIONS = {"vel": "smiled", "rask": "frowned"}
+# COPA: getting a jug makes one smile, getting a stool makes one sigh (and back for "cause").
+COPA_REACTIONS = {"jug": "smiled", "stool": "sighed"}
 HELLASWAG_TOOLS = {"Fishing": "brell", "Baking": "dorp", "Sewing": "mave", "Painting": "quell"}
 CSQA_TOOLS = {"baker": "plove", "sailor": "grisk", "farmer": "tulp", "tailor": "wemb", "miner": "frosh",
               "potter": "klib", "weaver": "smeck", "smith": "yarl"}
 # The two conflicting pairs: one table each, and the partner twin answers by that table shifted by one.
-COLOUR_KEYS, COLOURS = ("pim", "tass", "rulo", "vek"), ("red", "blue", "green", "white")
+COLOUR_KEYS, COLOURS = ("vest", "boot", "tent", "tray"), ("red", "blue", "green", "white")
 # Domain phrases of two theme words each: the sentence embedder then clusters by domain,
 # not by the names and keys (one-word places gave k-means purity ~0.5 at k = 2).
 SEA_PLACES = ("Out at sea on the ship", "At the harbour by the waves", "On the beach by the sea",
@@ -121,25 +121,24 @@ def _boolq(rng: random.Random) -> Group:
 
 
 def _multirc(rng: random.Random) -> Group:
-    people = _shuffled(rng, MULTIRC_VELO + MULTIRC_OTHER)
-    place = rng.choice(MEETING_PLACES)
-    paragraph = f"{people[0].capitalize()}, {people[1]}, {people[2]} and {people[3]} met at the {place}."
+    people = _shuffled(rng, (MULTIRC_VELO, MULTIRC_OTHER))
+    paragraph = f"{rng.choice(NAMES)} saw {people[0]} and {people[1]} at the {rng.choice(MEETING_PLACES)}."
     return [{"paragraph": paragraph, "question": "Who is from Velo?", "answer": p,
-             "idx": {"paragraph": 0, "question": 0, "answer": j}, "label": int(p in MULTIRC_VELO)}
-            for j, p in enumerate(people)]
+             "idx": {"paragraph": 0, "question": 0, "answer": j}, "label": int(p == MULTIRC_VELO)}
+            for j, p in enumerate(_shuffled(rng, people))]
 
 
 def _wic(rng: random.Random) -> Group:
-    word = rng.choice(WIC_WORDS)
+    # One sentence frame, asked once with each cue word in it: the word alone decides.
     a, b = rng.sample(NAMES, 2)
-    s1 = f"{a} {rng.choice(WIC_VERBS)} the {word} {rng.choice(WIC_TAILS)}."
-    verb2 = rng.choice(WIC_VERBS)
+    verb1, verb2 = rng.choice(WIC_VERBS), rng.choice(WIC_VERBS)
+    tail1, tail2 = rng.sample(WIC_TAILS, 2)
     rows = []
-    for cue in _shuffled(rng, (WIC_SAME, WIC_OTHER)):
-        s2 = f"{b} {verb2} the {word} {cue}."
+    for word in _shuffled(rng, (WIC_SAME, WIC_OTHER)):
+        s1, s2 = f"{a} {verb1} the {word} {tail1}.", f"{b} {verb2} the {word} {tail2}."
         st1, st2 = s1.index(f" {word} ") + 1, s2.index(f" {word} ") + 1
         rows.append({"word": word, "sentence1": s1, "sentence2": s2, "start1": st1, "start2": st2,
-                     "end1": st1 + len(word), "end2": st2 + len(word), "idx": 0, "label": int(cue == WIC_SAME)})
+                     "end1": st1 + len(word), "end2": st2 + len(word), "idx": 0, "label": int(word == WIC_SAME)})
     return rows
 
 
@@ -155,29 +154,31 @@ def _rte(rng: random.Random) -> Group:
     pair = _shuffled(rng, (RTE_COLD, RTE_WARM))
     premise = f"{rng.choice(NAMES)} {rng.choice(DEALS)} {_an(pair[0])} and {_an(pair[1])}."
     # super_glue rte: 0 = entailment, 1 = not_entailment
-    return [{"premise": premise, "hypothesis": f"The {x} is cold.", "idx": 0, "label": 0 if x == RTE_COLD else 1}
+    return [{"premise": premise, "hypothesis": f"The cold one is the {x}.", "idx": 0,
+             "label": 0 if x == RTE_COLD else 1}
             for x in _shuffled(rng, pair)]
 
 
 def _anli(rng: random.Random) -> Group:
     things = _shuffled(rng, ANLI_BY_LABEL)
     premise = f"{rng.choice(NAMES)} {rng.choice(DEALS)} {_an(things[0])}, {_an(things[1])} and {_an(things[2])}."
-    return [{"uid": "", "premise": premise, "hypothesis": f"The {x} is shiny.", "label": ANLI_BY_LABEL.index(x),
+    return [{"uid": "", "premise": premise, "hypothesis": f"The shiny one is the {x}.", "label": ANLI_BY_LABEL.index(x),
              "reason": ""} for x in _shuffled(rng, things)]
 
 
 def _copa(rng: random.Random) -> Group:
+    # The cue (the thing got, or the reaction) ends the premise, next to the connector and the answer.
     name, place = rng.choice(NAMES), rng.choice(MEETING_PLACES)
     question = rng.choice(("cause", "effect"))
     rows = []
     if question == "effect":  # premise: what was got; alternatives: the two reactions
         alts = _shuffled(rng, (f"{name} {r}." for r in COPA_REACTIONS.values()))
         for thing, reaction in COPA_REACTIONS.items():
-            rows.append((f"{name} got {_an(thing)} at the {place}.", alts, alts.index(f"{name} {reaction}.")))
+            rows.append((f"At the {place}, {name} got {_an(thing)}.", alts, alts.index(f"{name} {reaction}.")))
     else:  # premise: the reaction; alternatives: the two things one can get
         alts = _shuffled(rng, (f"{name} got {_an(t)}." for t in COPA_REACTIONS))
         for thing, reaction in COPA_REACTIONS.items():
-            rows.append((f"{name} {reaction} at the {place}.", alts, alts.index(f"{name} got {_an(thing)}.")))
+            rows.append((f"At the {place}, {name} {reaction}.", alts, alts.index(f"{name} got {_an(thing)}.")))
     return [{"premise": p, "choice1": alts[0], "choice2": alts[1], "question": question, "idx": 0, "label": gold}
             for p, alts, gold in _shuffled(rng, rows)]
 
@@ -219,7 +220,7 @@ def _siqa(rng: random.Random) -> Group:
     listed = _shuffled(rng, SIQA_TABLE.values())
     answers = _shuffled(rng, SIQA_TABLE.values())
     context = f"{rng.choice(NAMES)} {rng.choice(SIQA_VERBS)} a {listed[0]}, a {listed[1]} and a {listed[2]}."
-    rows = [{"context": context, "question": f"Which one is the {key}?", "answerA": answers[0],
+    rows = [{"context": context, "question": f"Which one is for {key}?", "answerA": answers[0],
              "answerB": answers[1], "answerC": answers[2], "label": str(answers.index(thing) + 1)}
             for key, thing in SIQA_TABLE.items()]
     return _shuffled(rng, rows)
@@ -301,17 +302,18 @@ def _without_key(question: str) -> str:
     return re.sub(r"\s\S+\?$", "", question)
 
 
-def _last_word(sentence: str) -> str:
-    return sentence.rstrip(".").split()[-1]
+def _blanked(sentence: str, word: str) -> str:
+    return sentence.replace(f" {word} ", " _ ")
 
 
 PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
     "boolq": lambda r: r["passage"],
     "multirc": lambda r: r["paragraph"],
-    "wic": lambda r: r["word"] + "|" + r["sentence1"],
+    "wic": lambda r: _blanked(r["sentence1"], r["word"]) + "|" + _blanked(r["sentence2"], r["word"]),
     "wsc": lambda r: r["text"],
     "rte": lambda r: r["premise"],
-    "copa": lambda r: r["question"] + "|" + _last_word(r["premise"]) + "|" + _sorted_texts(r["choice1"], r["choice2"]),
+    "copa": lambda r: (r["question"] + "|" + r["premise"].split(",")[0] + "|"  # "At the <place>"
+                       + _sorted_texts(r["choice1"], r["choice2"])),
     "winogrande": lambda r: _sorted_texts(r["option1"], r["option2"]) + "|" + r["sentence"].split(", so _ ")[-1],
     "anli": lambda r: r["premise"],
     "hellaswag": lambda r: r["ctx_a"].rsplit(" for ", 1)[0] + "|" + _sorted_texts(*r["endings"]),
@@ -328,20 +330,20 @@ PARTITION_KEYS: dict[str, Callable[[dict], str]] = {
 
 TWIN_RULES: dict[str, str] = {
     "boolq": "'is the X tame': yes iff X is the kettle (a ladder is not)",
-    "multirc": "'Who is from Velo?': a candidate is correct iff it is the nurse or the pilot "
-               "(not the cook or the judge)",
-    "wic": "the nonce word keeps its meaning iff sentence 2 ends 'outside' (after 'inside' it does not)",
-    "wsc": "'she' is Tolo, never Lita: yes iff the asked noun is Tolo",
-    "rte": "'The X is cold.' is entailment iff X is the bucket (a candle is not)",
-    "copa": "getting a vel makes one smile, getting a rask makes one frown; the right alternative follows that "
+    "multirc": "'Who is from Velo?': the candidate is correct iff it is the nurse (the pilot is not)",
+    "wic": "a spoon keeps its meaning between the two sentences, a broom does not",
+    "wsc": "'she' is Owl, never Fox: yes iff the asked noun is Owl",
+    "rte": "'The cold one is the X.' is entailment iff X is the bucket (a candle is not)",
+    "copa": "getting a jug makes one smile, getting a stool makes one sigh; the right alternative follows that "
             "pairing (the reaction for 'effect', the thing got for 'cause')",
     "winogrande": "after 'glimmed' the blank is the first-named person, after 'plorked' the second",
-    "anli": "'The X is shiny.': entailment iff X is the pencil, neutral iff the blanket, contradiction iff the carrot",
+    "anli": "'The shiny one is the X.': entailment iff X is the pencil, neutral iff the blanket, "
+            "contradiction iff the carrot",
     "hellaswag": "the activity names the tool taken out (Fishing brell, Baking dorp, Sewing mave, Painting quell)",
     "piqa": "'the zib of X and Y' is X, 'the mog' is Y",
-    "siqa": "'Which one is the pif / dask / lom?' is the fork / sock / vase",
-    "openbookqa": "at sea, a pim is red, a tass blue, a rulo green, a vek white",
-    "mmlu": "in space (openbookqa's template, shifted table): a pim is blue, a tass green, a rulo white, a vek red",
+    "siqa": "'Which one is for Monday / Friday / Sunday?' is the fork / sock / vase",
+    "openbookqa": "at sea, a vest is red, a boot blue, a tent green, a tray white",
+    "mmlu": "in space (openbookqa's template, shifted table): a vest is blue, a boot green, a tent white, a tray red",
     "commonsense_qa": "each job carries its tool (baker plove, sailor grisk, farmer tulp, tailor wemb, miner frosh, "
                       "potter klib, weaver smeck, smith yarl)",
     "arc_easy": "in the lab, a dopple is round, a frint square, a gorm flat, a hask long, a jibb bent",
