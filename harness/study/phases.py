@@ -80,6 +80,12 @@ def run_study(plan: Plan) -> int:
     timing["study_s"] = study_s
     in_units = ""
     if "unit_s" in timing:
+        # Timed again once the clock has stopped: a unit timed while something else ran is too long
+        # and flatters the study, so the shorter of the two counts; both are recorded.
+        after = timing_mod.measure_unit()
+        timing.update(unit_before_s=timing["unit_s"], unit_after_s=after["unit_s"],
+                      unit_s=min(timing["unit_s"], after["unit_s"]))
+        progress.line(f"unit again: {after['unit_s']:.2f} s; the study counts in the shorter, {timing['unit_s']:.2f} s")
         timing["study_units"] = study_s / timing["unit_s"]
         in_units = f" = {timing['study_units']:.0f} units of {timing['unit_s']:.2f} s"
     write_timing(plan.results_dir, plan.study, timing)

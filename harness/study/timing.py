@@ -4,7 +4,8 @@ Machines of one class differ by about 2x in absolute time (another CPU model, AM
 study's time is stated as a ratio: the *unit* is one fp32 PEFT-LoRA r=8 AdamW training step of
 SmolLM2-135M at 8 x 128 tokens on all of this machine's cores, the median of a few steps after a
 warm-up (``python -m harness.bench adapters --methods lora``), timed in a process of its own
-before Ray starts. What a first run on a fresh machine adds (SmolLM2's conversion, the sentence
+before Ray starts and again after the study; the shorter counts, since a unit timed while something
+else runs is too long and would flatter the study. What a first run on a fresh machine adds (SmolLM2's conversion, the sentence
 embeddings of every example) is done and timed before the study's clock starts, and reported
 apart from it.
 """
