@@ -9,7 +9,6 @@ DeepSpeed config. ``harness.worker`` runs them inside each Ray Train worker.
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import math
 from dataclasses import dataclass

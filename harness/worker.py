@@ -261,8 +261,8 @@ def train_loop_per_worker(config: dict) -> None:
     replicate_eval = cfg.zero_stage == 3 and world > 1
     dense = cfg.method == "dense"
 
-    # Resume: the newest checkpoint the controller registered (None on a fresh run).
     this_attempt = {"worker_start_s": entered_at - config["fit_started_at"], "setup_s": time.time() - entered_at}
+    # Resume: the newest checkpoint the controller registered (None on a fresh run).
     state = {"step": 0, "tokens": 0.0, "train_time_s": 0.0, "time_to_first_step_s": None,
              "resumed_from_step": None, "eval_time_s": 0.0, "checkpoint_time_s": 0.0,
              "worker_start_s": 0.0, "setup_s": 0.0}
