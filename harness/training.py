@@ -167,6 +167,19 @@ def trial_precision(cfg: TrialConfig, use_gpu: bool) -> str:
     return cfg.resolved_dtype(use_gpu, cpu_bf16=not use_gpu and cpu_has_bf16_matmul())
 
 
+def build_deepspeed_cpu_op() -> None:
+    """Build, or load from torch's extension cache, the C++ op DeepSpeed's CPU accelerator loads in
+    every process that starts its communication backend (its shared-memory collectives). The first
+    load on a machine compiles it, a minute or more; later loads find it in the cache. Call it in
+    a process of its own: it selects DeepSpeed's CPU accelerator before importing deepspeed."""
+    import os
+
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def scoring_precision(cfg: TrialConfig, use_gpu: bool, precision: str) -> str:
     """The precision a trial scores in; ``precision`` is ``trial_precision``'s answer.
 

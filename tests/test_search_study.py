@@ -196,6 +196,13 @@ def test_predictions_reproduce_every_selection_and_report_row(study_s1, results)
         assert 3 <= len(finished) <= 4  # a trial interrupted by the kill may stay behind as RUNNING/FAIL
 
 
+def test_first_run_work_is_done_before_the_clock(study_s1):
+    _, out, _ = study_s1
+    # the model cache, the intuition embeddings and DeepSpeed's CPU op (CPU trials), each timed
+    assert re.search(r"prepared: model cache (built|found) \(\d+ s\), intuition embeddings \d+ s "
+                     r"\(on disk for every trial\), DeepSpeed's CPU op \d+ s\n", out), out[-3000:]
+
+
 def eval_shape(hparams_json: str) -> int:
     import json
 

@@ -5,9 +5,9 @@ study's time is stated as a ratio: the *unit* is one fp32 PEFT-LoRA r=8 AdamW tr
 SmolLM2-135M at 8 x 128 tokens on all of this machine's cores, the median of a few steps after a
 warm-up (``python -m harness.bench adapters --methods lora``), timed in a process of its own
 before Ray starts and again after the study; the shorter counts, since a unit timed while something
-else runs is too long and would flatter the study. What a first run on a fresh machine adds (SmolLM2's conversion, the sentence
-embeddings of every example) is done and timed before the study's clock starts, and reported
-apart from it.
+else runs is too long and would flatter the study. What a first run on a fresh machine adds (SmolLM2's
+conversion, the sentence embeddings of every example, the compilation of DeepSpeed's CPU op) is
+done and timed before the study's clock starts, and reported apart from it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from harness.study.plan import Plan
 from harness.study.progress import Progress
 
+REPO_DIR = Path(__file__).resolve().parents[2]
 UNIT = dict(model="smollm2-135m", batch=8, seq=128, warmup=2, steps=3, dtype="fp32")
 UNIT_NAME = "fp32 PEFT-LoRA r=8 AdamW step of SmolLM2-135M at 8x128 tokens"
 
@@ -45,9 +49,16 @@ def measure_unit(threads: int | None = None) -> dict:
     return {"unit_s": result["median_s"], "threads": threads, "cpu": cpu_model()}
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def prepare(plan: Plan, progress: Progress) -> dict:
-    """Do, and time, what a first run on a fresh machine adds: the model's cache and the intuition
-    embeddings of every example the study's MoR1E trials score (cached on disk, keyed by the texts)."""
+    """Do, and time, what a first run on a fresh machine adds: the model's cache, the intuition
+    embeddings of every example the study's MoR1E trials score (cached on disk, keyed by the texts)
+    and, for CPU trials on this machine, DeepSpeed's CPU op (cached by torch, built on first use)."""
     from harness.models import prepare as prepare_model
     from harness.train import prepare_data
     from harness.trial import TrialConfig
@@ -61,6 +72,17 @@ def prepare(plan: Plan, progress: Progress) -> dict:
         for phase in ("search", "final"):
             prepare_data(TrialConfig(**plan.base_trial("mor1e", phase)))
     embed_s = time.time() - start
-    progress.line(f"prepared: model cache {'built' if converted else 'found'} ({model_s:.0f} s), "
-                  f"intuition embeddings {embed_s:.0f} s (on disk for every trial)")
-    return {"model_s": model_s, "embed_s": embed_s, "model_built": converted}
+    timing = {"model_s": model_s, "embed_s": embed_s, "model_built": converted}
+    line = (f"prepared: model cache {'built' if converted else 'found'} ({model_s:.0f} s), "
+            f"intuition embeddings {embed_s:.0f} s (on disk for every trial)")
+    use_gpu = p.resources.get("use_gpu")
+    if p.methods and plan.address is None and (use_gpu is False or use_gpu is None and not _has_cuda()):
+        start = time.time()
+        built = subprocess.run([sys.executable, "-c", "from harness.training import build_deepspeed_cpu_op as b; b()"],
+                               capture_output=True, text=True, cwd=REPO_DIR)
+        timing["deepspeed_op_s"] = time.time() - start
+        line += f", DeepSpeed's CPU op {timing['deepspeed_op_s']:.0f} s"
+        if built.returncode != 0:
+            line += f" (failed; each trial will try again: {(built.stderr.strip().splitlines() or ['?'])[-1]})"
+    progress.line(line)
+    return timing
