@@ -491,7 +491,9 @@ def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, rank, wo
     metrics = {"step": 0, "total_steps": 0, "epoch": 0.0, "loss": float("nan"), "learning_rate": 0.0,
                "precision": "fp32", "scoring_precision": scoring,  # no training: fp32 weights throughout
                "devices_per_worker": devices_per_worker}
+    t0 = time.perf_counter()
     predictions = _score(evaluate, data, cfg, metrics, final=True)
+    state["eval_time_s"] = time.perf_counter() - t0
     metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
     # Ray Train returns the metrics of the last report that carried a checkpoint; this run has no
     # weights to save, so its checkpoint is the metrics (and the predictions) themselves.

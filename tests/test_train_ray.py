@@ -132,6 +132,7 @@ def test_zeroshot_run_returns_its_metrics_and_records_rows(twins, ray_session, t
     result = run_trial(cfg, name="zs", storage_path=tmp_path)
     assert result["step"] == 0 and result["finished"] and result["trainable_params"] == 0
     assert result["precision"] == "fp32"  # scoring only
+    assert result["eval_time_s"] > 0  # which is all its time went to after setup
     assert set(result["selection"]) == set(result["report"]) == set(DATASETS)
     assert all(m["n_examples"] == cfg.report_limit for m in result["report"].values())
     saved = json.loads((Path(result["checkpoint_path"]) / "metrics.json").read_text())
