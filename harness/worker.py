@@ -260,6 +260,8 @@ def train_loop_per_worker(config: dict) -> None:
     module = engine.module
     replicate_eval = cfg.zero_stage == 3 and world > 1
     dense = cfg.method == "dense"
+    if not dense:
+        _checkpoint_trained_tensors_only(engine)
 
     this_attempt = {"worker_start_s": entered_at - config["fit_started_at"], "setup_s": time.time() - entered_at}
     # Resume: the newest checkpoint the controller registered (None on a fresh run).
@@ -460,6 +462,27 @@ def _final_metrics(state: dict, trainable_params: int, comm: _Collectives, enter
         "worker_wall_s": time.time() - entered_at,
         "finished": True,
     }
+
+
+def _checkpoint_trained_tensors_only(engine) -> None:
+    """Make ``engine.save_checkpoint(..., exclude_frozen_parameters=True)`` leave out every frozen tensor.
+
+    DeepSpeed drops the frozen parameters it finds by ``named_parameters()``, which names a tied
+    tensor once. A model whose output head shares its frozen input embedding (SmolLM2's) kept
+    ``lm_head.weight`` in every adapter checkpoint: 28.3M of a LoRA r=8 checkpoint's 30.8M values
+    (113 MB of a 143 MB file). Resuming loads non-strict, and the base model supplies the head.
+    """
+    frozen = {name for name, p in engine.module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    module_state_dict = engine.module_state_dict
+
+    def trained_only(*args, **kwargs):
+        sd = module_state_dict(*args, **kwargs)
+        if sd is not None and kwargs.get("exclude_frozen_parameters"):
+            for name in frozen & sd.keys():
+                del sd[name]
+        return sd
+
+    engine.module_state_dict = trained_only
 
 
 def _export_adapter(module, directory: Path, *, rank: int, zero3: bool) -> None:

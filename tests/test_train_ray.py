@@ -114,6 +114,18 @@ def test_mor1e_zero2_two_workers_loss_falls_checkpoint_and_per_dataset_metrics(t
     base, _ = load_model("tiny-random-llama", seed=0)
     loaded = mor1e.load_adapter(base, Path(result["checkpoint_path"]) / "adapter")
     assert mor1e.count_trainable(loaded) == result["trainable_params"]
+    # The DeepSpeed checkpoint holds the trained tensors and no frozen one, not even the output
+    # head that tiny-random-llama ties to its frozen input embedding.
+    import torch
+
+    from harness.methods import apply_method
+
+    wrapped = apply_method(load_model("tiny-random-llama", seed=0)[0], cfg.method, cfg.hparams)
+    trained = {name for name, p in wrapped.named_parameters() if p.requires_grad}
+    assert wrapped.config.tie_word_embeddings
+    states = torch.load(Path(result["checkpoint_path"]) / "step12" / "mp_rank_00_model_states.pt",
+                        weights_only=False)
+    assert set(states["module"]) == trained
 
     rows = trial_rows(cfg, result, study="test", trial_id="zero2", status="completed")
     append_rows(tmp_path / "leaderboard.parquet", rows)
