@@ -46,3 +46,26 @@ def test_trial_verdict_accepts_a_complete_result_and_names_each_problem():
     assert trial.check_trial_result(_trial(report={"copa": {}}))
     missing_adapter = {**_trial(), "adapter_files": []}
     assert any("adapter" in p for p in trial.check_trial_result(missing_adapter))
+
+
+def test_profiled_step_counts_aten_ops_per_phase_on_the_cpu():
+    """--device cpu --profile: each phase's aten ops are counted, and the table sets them against LoRA's."""
+    import torch
+
+    from harness.bench._gpu import throughput
+
+    args = gpu._parser().parse_args(["--device", "cpu", "--profile", "--hidden", "64", "--intermediate", "128",
+                                     "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab", "256",
+                                     "--batch", "2", "--seq", "16", "--warmup", "1", "--steps", "1"])
+    results = {m: throughput.time_method(m, args, torch.device("cpu")) for m in ("lora", "mor1e")}
+    for r in results.values():
+        ops = r["profile"]["aten_ops_by_phase"]
+        assert set(ops) == set(throughput.PHASES) and all(n > 0 for n in ops.values()), r["profile"]
+        assert r["profile"]["aten_ops"] == sum(ops.values()) and r["profile"]["kernel_launches"] == 0
+    # MoR1E's routers add operators to every phase; its adapters have more tensors for AdamW to step.
+    lora, ours = (results[m]["profile"]["aten_ops_by_phase"] for m in ("lora", "mor1e"))
+    assert all(ours[ph] > lora[ph] for ph in throughput.PHASES)
+    text = throughput.table(results, args, torch.device("cpu"))
+    row = next(line for line in text.splitlines() if line.startswith("| mor1e |") and "aten" not in line
+               and " / " in line)
+    assert f"{ours['forward'] / lora['forward']:.2f}x" in row

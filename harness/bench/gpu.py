@@ -22,8 +22,9 @@ Three sections, run in this order, each printed as a markdown table. Each is one
    bf16 parameters as DeepSpeed casts them, forward + backward + torch AdamW, CUDA-synchronised
    median of the measured steps; methods are timed in turns and the best median is kept.
    ``--methods`` also takes ``mor1e-unshared`` and ``mor1e-token-only`` (no intuition term);
-   ``--profile`` adds one profiled step per method: aten ops, kernel launches and summed kernel
-   time, which tell a GPU-bound step from one that waits on the host.
+   ``--profile`` adds one profiled step per method: aten ops and kernel launches for the forward,
+   the backward and the optimizer step, and summed kernel time, which tell a GPU-bound step from
+   one that waits on the host. The aten-op counts need no GPU (``--device cpu --profile``).
 
 ``--device auto`` uses CUDA when torch sees a GPU; without one the library checks run on the
 CPU and the GPU-only sections are skipped with a message. ``--device cpu`` runs every section

@@ -63,9 +63,12 @@ def time_method(method: str, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def step():
+    def forward():
         optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss + mor1e.aux_loss(model).to(device)
+        return model(input_ids=ids, labels=ids).loss + mor1e.aux_loss(model).to(device)
+
+    def step():
+        loss = forward()
         loss.backward()
         optimizer.step()
         return loss
@@ -79,7 +82,7 @@ def time_method(method: str, args, device) -> dict:
             sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
-        profile = _profile_step(step, device) if args.profile else None
+        profile = _profile_step(forward, optimizer, device) if args.profile else None
     out = {
         "method": method,
         "trainable": mor1e.count_trainable(model),
@@ -97,27 +100,43 @@ def time_method(method: str, args, device) -> dict:
     return out
 
 
-def _profile_step(step, device) -> dict:
-    """One step under torch.profiler: kernel launches, summed kernel time and the top kernels.
+PHASES = ("forward", "backward", "optimizer")
+
+
+def _profile_step(forward, optimizer, device) -> dict:
+    """One step under torch.profiler, a profile per phase (forward, backward, optimizer step):
+    aten ops and kernel launches per phase, summed kernel time and the top kernels.
 
     Kernel time far below the step's wall time means the step waits on the host (Python and
-    launch overhead), not on the GPU.
+    launch overhead), not on the GPU. The aten-op counts need no GPU: each op costs the host a
+    dispatch, and on a GPU most launch a kernel. (On a CPU torch's AdamW steps tensor by tensor;
+    on CUDA it steps many tensors per kernel.)
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    loss = None
+    parts = {"forward": lambda: forward(), "backward": lambda: loss.backward(), "optimizer": optimizer.step}
     try:
-        with profile(activities=activities) as prof:
-            step()
-            sync(device)
-        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
-        ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU and e.key.startswith("aten::")]
-        top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:5]
+        kernels, ops = {}, {}
+        for phase in PHASES:
+            with profile(activities=activities) as prof:
+                out = parts[phase]()
+                sync(device)
+            if phase == "forward":
+                loss = out
+            events = prof.key_averages()
+            kernels[phase] = [e for e in events if e.device_type == DeviceType.CUDA]
+            ops[phase] = sum(e.count for e in events if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))
+        every_kernel = [e for phase in PHASES for e in kernels[phase]]
+        top = sorted(every_kernel, key=lambda e: e.self_device_time_total, reverse=True)[:5]
         return {
-            "kernel_launches": sum(e.count for e in kernels),
-            "kernel_ms": sum(e.self_device_time_total for e in kernels) / 1000,
-            "aten_ops": sum(e.count for e in ops),
+            "kernel_launches": sum(e.count for e in every_kernel),
+            "kernel_launches_by_phase": {phase: sum(e.count for e in kernels[phase]) for phase in PHASES},
+            "kernel_ms": sum(e.self_device_time_total for e in every_kernel) / 1000,
+            "aten_ops": sum(ops.values()),
+            "aten_ops_by_phase": ops,
             "top": [(e.key[:60], e.count, e.self_device_time_total / 1000) for e in top],
         }
     except Exception as exc:  # the timings stand without it
@@ -163,14 +182,19 @@ def table(results: dict[str, dict], args, device) -> str:
                      f"| {1000 * r['median_s']:.1f} | {r['tokens_per_s']:,.0f} | {ratio} | {r['peak_mem_gb']:.1f} |")
     profiled = {m: r["profile"] for m, r in results.items() if r.get("profile")}
     if profiled:
-        lines += ["", "One profiled step per method (torch.profiler):", "",
-                  "| method | aten ops | kernel launches | summed kernel time (ms) | median step (ms) "
-                  "| top kernels (count, ms) |", "|---|---:|---:|---:|---:|---|"]
+        lines += ["", "One profiled step per method (torch.profiler), counts as forward / backward / optimizer:", "",
+                  "| method | aten ops | aten ops vs LoRA | kernel launches | summed kernel time (ms) "
+                  "| median step (ms) | top kernels (count, ms) |", "|---|---:|---:|---:|---:|---:|---|"]
+        base = profiled.get("lora")
         for method, p in profiled.items():
             if "error" in p:
-                lines.append(f"| {method} | | | | | profiler failed: {p['error']} |")
+                lines.append(f"| {method} | | | | | | profiler failed: {p['error']} |")
                 continue
+            ops, launches = p["aten_ops_by_phase"], p["kernel_launches_by_phase"]
+            vs = " / ".join(f"{ops[ph] / base['aten_ops_by_phase'][ph]:.2f}x" for ph in PHASES) \
+                if base and "error" not in base else "n/a"
             top = "; ".join(f"{k} ({n}, {ms:.1f})" for k, n, ms in p["top"])
-            lines.append(f"| {method} | {p['aten_ops']} | {p['kernel_launches']} | {p['kernel_ms']:.1f} "
+            lines.append(f"| {method} | {' / '.join(str(ops[ph]) for ph in PHASES)} | {vs} "
+                         f"| {' / '.join(str(launches[ph]) for ph in PHASES)} | {p['kernel_ms']:.1f} "
                          f"| {1000 * results[method]['median_s']:.1f} | {top} |")
     return "\n".join(lines)
