@@ -116,16 +116,18 @@ def _profile_step(forward, optimizer, device) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    loss = None
-    parts = {"forward": lambda: forward(), "backward": lambda: loss.backward(), "optimizer": optimizer.step}
     try:
+        with profile(activities=activities) as forward_prof:
+            loss = forward()
+            sync(device)
+        with profile(activities=activities) as backward_prof:
+            loss.backward()
+            sync(device)
+        with profile(activities=activities) as optimizer_prof:
+            optimizer.step()
+            sync(device)
         kernels, ops = {}, {}
-        for phase in PHASES:
-            with profile(activities=activities) as prof:
-                out = parts[phase]()
-                sync(device)
-            if phase == "forward":
-                loss = out
+        for phase, prof in zip(PHASES, (forward_prof, backward_prof, optimizer_prof)):
             events = prof.key_averages()
             kernels[phase] = [e for e in events if e.device_type == DeviceType.CUDA]
             ops[phase] = sum(e.count for e in events if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))
