@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.data import DATASETS, FORMATS, resolve_datasets
-from harness.methods import METHODS, method_config
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -126,6 +125,10 @@ class TrialConfig:
     ``rank<r>.pid`` here and waits up to 60 s, so a test can kill a worker at a known step."""
 
     def __post_init__(self) -> None:
+        # Imported here: a process that only unpickles the worker loop (Ray Train's controller)
+        # then never imports peft, transformers and torch, about 4 s of CPU per trial.
+        from harness.methods import METHODS, method_config
+
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(METHODS)}")
         if not isinstance(self.model, str) or not self.model:
