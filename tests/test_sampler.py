@@ -1,11 +1,15 @@
 """The warm-up + TPE sampler of a study (harness/study/sampler.py), on a real Optuna study (in memory)."""
 
+import argparse
+
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from harness.study.sampler import QuasiRandomThenTPE, optuna_space
 from harness.searchspace import load_space
+from harness.study.plan import build_plan
+from harness.study.sampler import QuasiRandomThenTPE, StudySearcher, optuna_space, search_order
+from profiles import tiny_profile, write_profile
 
 SPACE = {
     "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
@@ -54,3 +58,17 @@ def test_shipped_spaces_convert_to_optuna_distributions(method):
         assert set(point) == set(space)
         for name, dist in space.items():
             assert dist._contains(dist.to_internal_repr(point[name]))
+
+
+def test_a_study_starts_full_finetunings_search_first_then_the_profiles_order(tmp_path):
+    assert search_order(["mor1e", "lora", "molora", "dense"]) == ["dense", "mor1e", "lora", "molora"]
+    assert search_order(["lora", "mor1e"]) == ["lora", "mor1e"]
+    config = write_profile(tmp_path / "p.yaml", tiny_profile(methods=["mor1e", "lora", "dense"]))
+    plan = build_plan(argparse.Namespace(config=config, address=None, resume=False, results_dir=str(tmp_path / "r"),
+                                         data_dir=None, study=None))
+    searcher = StudySearcher(plan)
+    suggested = [searcher.suggest(f"t{i}") for i in range(7)]
+    assert [(c["phase"], c["method"]) for c in suggested] == [
+        ("reference", "zeroshot"), ("search", "dense"), ("search", "dense"), ("search", "mor1e"),
+        ("search", "mor1e"), ("search", "lora"), ("search", "lora")]
+    assert searcher.suggest("t7") is None  # every search suggested; finals wait for results

@@ -158,6 +158,16 @@ def make_searcher(plan: Plan, method: str, algorithm: str) -> StudySearch:
 PHASES = ("reference", "search", "final")
 
 
+def search_order(methods: list[str]) -> list[str]:
+    """The order methods' search trials start in: full finetuning first, then the profile's order.
+
+    Dense trials are a study's longest (a full-finetuning step costs ~1.6x an adapter's on a CPU).
+    Searched last, its final runs were the last to start, and a slot sat idle while its search
+    wound down; searched first, the cheaper adapter runs fill the study's end.
+    """
+    return sorted(methods, key=lambda m: m != "dense")
+
+
 class StudySearcher(Searcher):
     """Every trial of a study for one Tuner: the reference runs, each method's search trials (its
     own Optuna study, Sobol then TPE), and each method's fresh final runs once its search has ended.
@@ -201,8 +211,8 @@ class StudySearcher(Searcher):
         return config
 
     def _next_search(self, trial_id: str) -> dict | None:
-        """The next search trial: methods in the profile's order, each sampled by its own searcher."""
-        for method in self.methods:
+        """The next search trial: methods in ``search_order``, each sampled by its own searcher."""
+        for method in search_order(self.methods):
             if self.to_suggest[method] > 0:
                 point = self.searchers[method].suggest(trial_id)
                 if point is None:
