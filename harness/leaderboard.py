@@ -38,8 +38,10 @@ SUMMARY_FILE = "summary.parquet"
 METHOD_ORDER = ("zeroshot", "dense", "lora", "molora", "mor1e")
 PUBLISHED_PHASES = ("final", "reference")
 # The methods MoR1E must beat. The best baseline of a study is the one with the
-# highest mean report accuracy over datasets (ties: METHOD_ORDER); every other
-# method is compared with it by the paired test of harness/stats.py.
+# highest mean *selection* accuracy (its final runs' selection rows, else its best
+# search trial's; ties: METHOD_ORDER), so the report split it is tested on never
+# chose it. Every other method is compared with it by harness/stats.py's run-level
+# test, Holm-adjusted across the comparisons a table prints.
 BASELINES = ("dense", "lora", "molora")
 ROUTER_COLUMNS = ("router_gate_mean", "router_load_entropy", "router_max_share", "router_dead_fraction",
                   "router_token_entropy")
@@ -58,17 +60,28 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("accuracy_std", pa.float64()),  # sample std over seeds; 0 with one seed
         pa.field("n_seeds", pa.int64()),
         pa.field("n_examples", pa.int64()),  # report examples per seed
-        pa.field("ci_low", pa.float64()),  # 95% bootstrap interval of accuracy_mean (examples and seeds);
-        pa.field("ci_high", pa.float64()),  # null without predictions
+        # 95% interval of accuracy_mean: run-level t over seeds widened to Clopper-Pearson's (one run:
+        pa.field("ci_low", pa.float64()),  # Clopper-Pearson alone); null without predictions
+        pa.field("ci_high", pa.float64()),
         pa.field("mean_accuracy", pa.float64()),  # method's unweighted mean over datasets
-        pa.field("mean_ci_low", pa.float64()),  # 95% interval of that mean (stratified by dataset)
+        pa.field("mean_ci_low", pa.float64()),  # 95% run-level interval of that mean (harness/stats.py)
         pa.field("mean_ci_high", pa.float64()),
         pa.field("trainable_params", pa.int64()),
         pa.field("model", pa.string()),
         pa.field("scoring", pa.string()),
-        pa.field("best_baseline", pa.string()),  # the study's best baseline (BASELINES)
+        pa.field("best_baseline", pa.string()),  # the study's best baseline (BASELINES), chosen on selection
+        pa.field("best_baseline_chosen_on", pa.string()),  # "selection", or "report" when no selection rows exist
         pa.field("delta_vs_best_baseline", pa.float64()),  # mean_accuracy difference, paired examples
-        pa.field("p_vs_best_baseline", pa.float64()),  # paired sign-flip p of that difference; null without predictions
+        # the run-level comparison with the best baseline (harness/stats.py); null without predictions
+        pa.field("ci_low_vs_best_baseline", pa.float64()),
+        pa.field("ci_high_vs_best_baseline", pa.float64()),
+        pa.field("p_vs_best_baseline", pa.float64()),
+        pa.field("p_holm_vs_best_baseline", pa.float64()),  # Holm across the study's methods
+        pa.field("se_vs_best_baseline", pa.float64()),
+        pa.field("df_vs_best_baseline", pa.float64()),
+        pa.field("sigma_seed_vs_best_baseline", pa.float64()),
+        pa.field("mde_vs_best_baseline", pa.float64()),
+        pa.field("verdict_vs_best_baseline", pa.string()),  # a_better (this method) b_better equivalent inconclusive
         pa.field("search_trials", pa.int64()),  # the method's search trials, pruned and failed included
         pa.field("search_trials_costed", pa.int64()),  # how many of them recorded device_s
         pa.field("search_cost_s", pa.float64()),  # sum of their device_s (wall x workers x devices)
@@ -172,9 +185,35 @@ class StudyStats:
     methods: pd.DataFrame  # per method (index): mean, mean_ci_*, params, vs best baseline, search cost
     best_baseline: str | None
     has_predictions: bool
+    best_baseline_chosen_on: str | None = None  # "selection", or "report" when no baseline has selection rows
 
 
-def study_stats(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None = None) -> StudyStats:
+def best_baseline(df: pd.DataFrame, study: str, baselines: list[str],
+                  report_means: pd.Series) -> tuple[str | None, str | None]:
+    """The baseline with the highest mean selection accuracy, and what it was chosen on.
+
+    A baseline's selection accuracy is the mean of its final runs' selection rows (over datasets,
+    then seeds), else its best search trial's. Only when no baseline has any selection row does
+    the report mean decide, and the choice says so ("report").
+    """
+    if not baselines:
+        return None, None
+    rows = df[(df.study == study) & (df.role == "selection") & (df.status == "completed")
+              & df.method.isin(baselines)]
+    final = rows[rows.phase == "final"]
+    on_selection = final.groupby(["method", "seed"]).accuracy.mean().groupby("method").mean().to_dict()
+    search = best_trials(df, study).set_index("method").selection_accuracy
+    for method in baselines:
+        if method not in on_selection and method in search.index:
+            on_selection[method] = float(search[method])
+    ordered = sorted(baselines, key=_method_key)
+    if on_selection:
+        return max((m for m in ordered if m in on_selection), key=lambda m: on_selection[m]), "selection"
+    return max(ordered, key=lambda m: report_means[m]), "report"
+
+
+def study_stats(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None = None, *,
+                margin: float = stats.DEFAULT_MARGIN) -> StudyStats:
     """Means, 95% intervals (from ``predictions``, this study's report rows) and the best-baseline tests."""
     pub = published(df, study)
     preds = None if predictions is None else predictions[predictions.study == study]
@@ -199,11 +238,12 @@ def study_stats(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None =
         rows.append(row)
     methods = pd.DataFrame(rows, columns=["method", "mean_accuracy", "mean_ci_low", "mean_ci_high",
                                           "trainable_params", "n_seeds"]).set_index("method")
-    baselines = [m for m in BASELINES if m in methods.index]
-    best = max(sorted(baselines, key=_method_key), key=lambda m: methods.mean_accuracy[m]) if baselines else None
-    methods["delta_vs_best_baseline"] = np.nan
-    methods["p_vs_best_baseline"] = np.nan
+    best, chosen_on = best_baseline(df, study, [m for m in BASELINES if m in methods.index], methods.mean_accuracy)
+    for column in ("delta", "ci_low", "ci_high", "p", "p_holm", "se", "df", "sigma_seed", "mde"):
+        methods[f"{column}_vs_best_baseline"] = np.nan
+    methods["verdict_vs_best_baseline"] = None
     methods["significant_vs_best_baseline"] = False
+    tested = []
     for method in methods.index:
         if best is None or method == best:
             continue
@@ -211,17 +251,24 @@ def study_stats(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None =
         if preds is None:
             continue
         try:
-            comparison = stats.compare(preds, method, best, study=study)
+            comparison = stats.compare(preds, method, best, study=study, margin=margin)
         except stats.StatsError:
             continue  # one side has no predictions: the difference stays, untested
-        methods.loc[method, "delta_vs_best_baseline"] = comparison.mean.delta
-        methods.loc[method, "p_vs_best_baseline"] = comparison.mean.p
-        methods.loc[method, "significant_vs_best_baseline"] = comparison.mean_significant()
+        m = comparison.mean
+        for column in ("delta", "ci_low", "ci_high", "p", "se", "df", "sigma_seed", "mde"):
+            methods.loc[method, f"{column}_vs_best_baseline"] = getattr(m, column)
+        methods.loc[method, "verdict_vs_best_baseline"] = m.verdict
+        tested.append(method)
+    if tested:
+        # Holm across every comparison the table prints; an untestable one (one run) stays NaN
+        adjusted = stats.holm(methods.loc[tested, "p_vs_best_baseline"].to_numpy(dtype=np.float64))
+        methods.loc[tested, "p_holm_vs_best_baseline"] = adjusted
+        methods.loc[tested, "significant_vs_best_baseline"] = adjusted < stats.ALPHA
     costs = search_costs(df, study)
     methods = methods.join(costs, how="left")
     methods["search_trials"] = methods.search_trials.fillna(0).astype(int)
     methods["search_trials_costed"] = methods.search_trials_costed.fillna(0).astype(int)
-    return StudyStats(study, pub, methods, best, preds is not None)
+    return StudyStats(study, pub, methods, best, preds is not None, chosen_on)
 
 
 def compute_summary(df: pd.DataFrame, predictions: pd.DataFrame | None = None,
@@ -249,7 +296,10 @@ def compute_summary(df: pd.DataFrame, predictions: pd.DataFrame | None = None,
                 mean_accuracy=float(m.mean_accuracy), mean_ci_low=_num(m.mean_ci_low),
                 mean_ci_high=_num(m.mean_ci_high), trainable_params=_int(r.trainable_params),
                 model=r.model, scoring=r.scoring, best_baseline=st.best_baseline,
-                delta_vs_best_baseline=_num(m.delta_vs_best_baseline), p_vs_best_baseline=_num(m.p_vs_best_baseline),
+                best_baseline_chosen_on=st.best_baseline_chosen_on,
+                **{f"{c}_vs_best_baseline": _num(m[f"{c}_vs_best_baseline"])
+                   for c in ("delta", "ci_low", "ci_high", "p", "p_holm", "se", "df", "sigma_seed", "mde")},
+                verdict_vs_best_baseline=m.verdict_vs_best_baseline,
                 search_trials=int(m.search_trials), search_trials_costed=int(m.search_trials_costed),
                 search_cost_s=_num(m.search_cost_s), search_train_tokens=_int(m.search_train_tokens),
                 study_s=_num(t.get("study_s")), unit_s=_num(t.get("unit_s")), study_units=_num(t.get("study_units")),
@@ -323,8 +373,10 @@ def _fmt_vs_best(method: str, st: StudyStats) -> str:
     if pd.isna(m.delta_vs_best_baseline):
         return "-"
     cell = f"{100 * m.delta_vs_best_baseline:+.1f}"
-    if pd.notna(m.p_vs_best_baseline):
-        cell += f" (p={stats.fmt_p(m.p_vs_best_baseline)})" + (" *" if m.significant_vs_best_baseline else "")
+    if pd.notna(m.p_holm_vs_best_baseline):
+        cell += f" (p={stats.fmt_p(m.p_holm_vs_best_baseline)})" + (" *" if m.significant_vs_best_baseline else "")
+    elif m.verdict_vs_best_baseline is not None:
+        cell += " (one run: untested)"
     return cell
 
 
@@ -350,8 +402,10 @@ def format_table(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None 
     cols = ["method", *datasets, "mean", "95% CI", vs, "params", "search cost"]
     notes = ["report split, accuracy %" + (f", mean±std over {n_seeds} seeds" if n_seeds > 1 else "")]
     if st.has_predictions:
-        notes.append(f"95% CI of the mean over datasets: bootstrap over examples and seeds; "
-                     f"{vs}: Δ points and paired sign-flip p, * = significant (p < {stats.ALPHA}, CI excludes 0)")
+        chosen = "" if st.best_baseline_chosen_on == "selection" else " (chosen on report: no selection rows)"
+        notes.append(f"95% CI of the mean over datasets: t over runs, run + example parts (harness/stats.py); "
+                     f"{vs}{chosen}: Δ points and run-level p, Holm-adjusted across the methods, "
+                     f"* = p (Holm) < {stats.ALPHA}")
     else:
         notes.append("no predictions recorded: no intervals or tests")
     lines = [f"{header}; " + "; ".join(notes), "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -518,7 +572,7 @@ def _compare_main(args, results_dir: Path) -> int:
         preds = load_predictions(results_dir, study)
         if preds is None:
             return _fail(f"study {study!r} has no final or reference report predictions in {path}")
-        comparison = stats.compare(preds, a, b, study=study)
+        comparison = stats.compare(preds, a, b, study=study, margin=args.margin / 100)
     except stats.StatsError as exc:
         return _fail(str(exc))
     print(comparison.dumps() if args.json else comparison.format_text())
@@ -526,14 +580,29 @@ def _compare_main(args, results_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Print, compare, query or plot the study leaderboard.")
+    ap = argparse.ArgumentParser(
+        description="Print, compare, query or plot the study leaderboard (computed from the trial records).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  python harness/leaderboard.py                         every study's table, oldest first
+  python harness/leaderboard.py --compare mor1e lora    the run-level comparison and its verdict
+  python harness/leaderboard.py --compare mor1e lora --json --margin 2
+  python harness/leaderboard.py --sql "SELECT method, AVG(accuracy) FROM leaderboard WHERE role = 'report' GROUP BY 1"
+
+reads <results-dir>/leaderboard.parquet and predictions.parquet; writes nothing, except --plot's PNG.
+--compare's verdict: a_better / b_better when the 95% interval excludes 0, equivalent when it lies
+inside ±margin, else inconclusive; intervals treat the training run as the unit (docs/statistics.md).""")
     ap.add_argument("--results-dir", default="results", help="directory holding leaderboard.parquet (default: results)")
     ap.add_argument("--study", help="only this study (default: every study, oldest first; --compare, --plot: the latest)")
     ap.add_argument("--sql", help="run a DuckDB query over views `leaderboard`, `summary` and `predictions`")
     ap.add_argument("--plot", metavar="FILE.png", help="write accuracy plots for the study (default: the latest)")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="paired comparison of methods A and B")
     ap.add_argument("--json", action="store_true", help="with --compare: print one JSON object")
+    ap.add_argument("--margin", type=float, default=100 * stats.DEFAULT_MARGIN, metavar="POINTS",
+                    help="with --compare: a 95%% interval inside ±POINTS reads `equivalent` (default: %(default)g)")
     args = ap.parse_args(argv)
+    if not (np.isfinite(args.margin) and args.margin > 0):
+        return _fail(f"--margin must be a positive number of points, got {args.margin:g}")
 
     results_dir = Path(args.results_dir)
     if args.json and not args.compare:
