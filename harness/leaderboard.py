@@ -426,6 +426,42 @@ def format_table(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None 
     return "\n".join(lines)
 
 
+# Above this mde (points) a study can only tell large differences from training noise; its
+# end-of-study summary says it is a run of the pipeline, not a measurement.
+PIPELINE_RUN_MDE = 5.0
+
+
+def format_verdicts(predictions: pd.DataFrame | None, study: str, *, candidate: str = "mor1e",
+                    margin: float = stats.DEFAULT_MARGIN) -> str:
+    """One line per baseline: ``candidate`` against it (Δ, 95% CI, verdict, mde), then what the study can claim."""
+    if predictions is None:
+        return ""
+    preds = stats.PredictionSet(predictions[predictions.study == study])
+    lines, mdes = [], []
+    for baseline in BASELINES:
+        try:
+            c = stats.compare(preds, candidate, baseline, study=study, margin=margin)
+        except stats.StatsError:
+            continue
+        m = c.mean
+        ci = "no interval (one run)" if not np.isfinite(m.ci_low) else \
+            f"95% CI {100 * m.ci_low:+.1f} to {100 * m.ci_high:+.1f}"
+        mde = "mde ?" if not np.isfinite(m.mde) else f"mde {100 * m.mde:.1f}"
+        lines.append(f"{candidate} vs {baseline}: Δ {100 * m.delta:+.1f} points, {ci}, {m.verdict}, {mde} points "
+                     f"({c.n_seeds} run{'s' if c.n_seeds != 1 else ''} per method)")
+        mdes.append(m.mde)
+    if not lines:
+        return ""
+    worst = max((x for x in mdes if np.isfinite(x)), default=float("nan"))
+    if not np.isfinite(worst):
+        lines.append("this study cannot estimate training noise (one run per method): its verdicts are inconclusive")
+    elif 100 * worst > PIPELINE_RUN_MDE:
+        lines.append(f"this study is a run of the pipeline, not a measurement: differences under {100 * worst:.0f} "
+                     f"points can't be told from training noise at its seeds and report sizes "
+                     f"(python harness/search.py --show-plan --target-mde N says what a measurement needs)")
+    return "\n".join(lines)
+
+
 def run_sql(results_dir: Path, query: str) -> pd.DataFrame:
     """Run DuckDB over the Parquet files, with views ``leaderboard``, ``summary`` and ``predictions``."""
     import duckdb

@@ -23,6 +23,7 @@ Then ``summary.parquet`` is recomputed from the records and the table printed.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ if __package__ in (None, ""):  # `python harness/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.searchspace import ConfigError
+from harness.study import power
 from harness.study.phases import run_study
 from harness.study.plan import build_plan
 from harness.study.progress import quiet_logs
@@ -54,7 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--study", default=None, help="study name (default: the profile's)")
     ap.add_argument("--show-plan", action="store_true",
                     help="check the profile, print its parameter band and profile hash, and exit (starts nothing)")
-    return ap.parse_args(argv)
+    ap.add_argument("--target-mde", type=float, default=None, metavar="POINTS",
+                    help="with --show-plan: how many final seeds an mde of POINTS needs")
+    args = ap.parse_args(argv)
+    if args.target_mde is not None and not (math.isfinite(args.target_mde) and args.target_mde > 0):
+        ap.error(f"--target-mde must be a positive number of points, got {args.target_mde:g}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming under a changed profile: rows record profile_override={plan.profile_override[:12]}", flush=True)
     if args.show_plan:
         print(f"study {plan.study}: profile {plan.profile.source}, sha256 {plan.profile_sha256()}")
+        print("\n".join(power.describe(power.power_plan(plan, args.target_mde))))
         return 0
     quiet_logs()
     return run_study(plan)

@@ -700,17 +700,19 @@ class Prior:
 
 
 def planned(n_seeds: int, report_sizes: list[int], prior: Prior, alpha: float = ALPHA) -> dict:
-    """SE, df and mde of the mean-over-datasets comparison of a study with these seeds and report sizes."""
+    """SE, df and mde of the mean-over-datasets comparison of a study with these seeds and report sizes.
+
+    Mirrors :func:`estimate`: the Satterthwaite mde, but never below the run part's own on k - 1 df.
+    """
     d = len(report_sizes)
+    if n_seeds < 2:
+        return {"n_seeds": n_seeds, "se": float("nan"), "df": float("nan"), "mde": float("nan")}
     run = prior.sigma_seed ** 2 / n_seeds
     examples = [prior.example_sd ** 2 / (d ** 2 * n) for n in report_sizes]
-    var = run + sum(examples)
-    denom = (run ** 2 / (n_seeds - 1) if n_seeds > 1 else np.inf) + sum(e ** 2 / (n - 1)
-                                                                          for e, n in zip(examples, report_sizes) if n > 1)
-    df = max(1.0, var ** 2 / denom) if n_seeds > 1 else float("nan")
-    se = float(np.sqrt(var))
-    mde = se * float(power_shift(df, alpha)) if n_seeds > 1 else float("nan")
-    return {"n_seeds": n_seeds, "se": se, "df": df, "mde": mde}
+    var, df = _satterthwaite([(np.float64(run), n_seeds - 1.0)]
+                             + [(np.float64(e), n - 1.0) for e, n in zip(examples, report_sizes) if n > 1])
+    mde = max(float(np.sqrt(var) * power_shift(df, alpha)), float(np.sqrt(run) * power_shift(n_seeds - 1.0, alpha)))
+    return {"n_seeds": n_seeds, "se": float(np.sqrt(var)), "df": float(df), "mde": mde}
 
 
 def seeds_for(target_mde: float, report_sizes: list[int], prior: Prior, most: int = 1000) -> int | None:

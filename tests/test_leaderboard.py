@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import evaluate, leaderboard
+from harness import evaluate, leaderboard, stats
 from harness.data import Example
 from harness.predictions import PREDICTIONS_FILE, append_predictions, prediction_rows
 from harness.records import append_rows, row_template
@@ -304,3 +304,16 @@ def test_sql_sees_the_predictions(study_with_predictions, capsys):
                              "SELECT count(*) AS n FROM predictions WHERE study = 's' AND role = 'report' "
                              "AND method = 'zeroshot'"]) == 0
     assert capsys.readouterr().out.split()[-1] == "500"
+
+
+def test_end_of_study_verdicts_say_what_the_study_can_claim(study_with_predictions):
+    preds = leaderboard.load_predictions(study_with_predictions, "s")
+    lines = leaderboard.format_verdicts(preds, "s").splitlines()
+    assert lines[0].startswith("mor1e vs dense: Δ +") and lines[1].startswith("mor1e vs lora: Δ +")
+    assert "a_better" in lines[1] and "(3 runs per method)" in lines[1]
+    c = stats.compare(preds, "mor1e", "lora", study="s")
+    assert f"mde {100 * c.mean.mde:.1f} points" in lines[1]
+    # 3 runs of 200-300 examples still leave an mde above 5 points here: said so
+    worst = max(stats.compare(preds, "mor1e", b, study="s").mean.mde for b in ("dense", "lora"))
+    assert (100 * worst > leaderboard.PIPELINE_RUN_MDE) == lines[-1].startswith("this study is a run of the pipeline")
+    assert leaderboard.format_verdicts(None, "s") == ""

@@ -55,6 +55,8 @@ BAD = [
     (lambda t: ["--resume", "--study", "never-ran"], "nothing to resume"),
     (lambda t: ["--study", "old"], "already exists"),
     (lambda t: ["--frobnicate"], "unrecognized arguments"),
+    (lambda t: ["--show-plan", "--target-mde", "0"], "--target-mde must be a positive number"),
+    (lambda t: ["--show-plan", "--target-mde", "nan"], "--target-mde must be a positive number"),
 ]
 
 
@@ -120,3 +122,18 @@ def test_failed_trial_reason_is_the_exception_line():
     assert error_line(wrapped) == ("ray.train.ControllerError: Training failed due to controller error: "
                                           "The actor 5de6 is unavailable: RpcError: Socket closed")
     assert "\n" not in error_line("x\n" * 10)
+
+
+def test_show_plan_states_the_power_of_the_study(tmp_path, capsys):
+    """The default profile's 2 seeds x 16 twin examples: an mde far above a few points, and what 3 points needs."""
+    from harness import stats
+    from harness.study import power
+
+    assert search.main(["--results-dir", str(tmp_path / "r"), "--show-plan", "--target-mde", "30"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("power: "))
+    expected = stats.planned(2, [16] * 14, power.TWIN_PRIOR)["mde"]
+    assert f"power: 2 final seeds per method, 16 report examples per dataset: mde {100 * expected:.1f} points" in line
+    need = stats.seeds_for(0.30, [16] * 14, power.TWIN_PRIOR)
+    assert need and f"an mde of 30 points needs {need} final seeds" in out
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing

@@ -92,6 +92,9 @@ def run_study(plan: Plan) -> int:
     leaderboard.write_summary(plan.results_dir)
     progress.line(f"study {plan.study} finished in {clock(study_s)}{in_units}")
     print()
-    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study,
-                                   leaderboard.load_predictions(plan.results_dir, plan.study)))
+    predictions = leaderboard.load_predictions(plan.results_dir, plan.study)
+    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study, predictions))
+    verdicts = leaderboard.format_verdicts(predictions, plan.study)
+    if verdicts:
+        print(verdicts)
     return 0
