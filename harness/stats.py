@@ -19,13 +19,17 @@ seed, so they add a second, example part:
 
     Var(Δ̂) = Var(Δ̄_s) / k  +  Σ_d w_d² σ²_α,d / n_d
 
-- the run part: the sample variance of ``Δ̄_s`` over the k seeds, k − 1
-  degrees of freedom;
+- the run part: the sample variance of ``Δ̄_s`` over the k seeds (k − 1
+  degrees of freedom), floored at what example x run churn alone gives
+  (``Σ_d w_d² MS_residual,d / n_d``, on its own many degrees of freedom):
+  two seeds that tie by chance on 16 examples are no evidence of a run
+  variance of 0;
 - the example part: per dataset, ``σ²_α = (MS_examples − MS_residual) / k``
   from the two-way ANOVA of ``D`` (truncated at 0);
 - the interval: ``Δ̂ ± t(0.975, ν) · SE`` with ν by Satterthwaite over the
-  mean squares (close to k − 1 when seeds dominate); the p-value comes from
-  the same t statistic, so p < .05 exactly when the interval excludes 0.
+  mean squares, and never narrower than the seeds' own t interval
+  (``t(0.975, k − 1) · SD(Δ̄_s) / √k``); the p-value is the larger of the two
+  tests', so p < .05 exactly when the interval excludes 0.
 
 When the two sides ran different seed lists, each side's run part enters on
 its own (Welch), and the example part is the variance of the per-example
@@ -262,21 +266,44 @@ class Estimate:
     n_seeds: int
 
 
-def _run_part(seed_means: np.ndarray, trained: bool, churn) -> tuple[np.ndarray, np.ndarray, float]:
-    """(variance of the side's seed mean, per-run variance, df) of per-seed scores (..., k).
+@dataclass(frozen=True)
+class _RunPart:
+    """One side's run part: the variance of its seed mean, and the same from the seeds alone."""
 
-    The per-run variance is the seeds' sample variance, floored at ``churn`` (what example-level
-    churn alone gives); its df stay k - 1.
-    """
+    var: np.ndarray  # max(S², churn) / k: the seeds' variance, never below what churn alone gives
+    df: np.ndarray  # k - 1 when the seeds' variance is used, the churn's df when the floor is
+    raw_var: np.ndarray  # S² / k on k - 1 df: the run-level t interval no interval may be narrower than
+    raw_df: float
+    per_run: np.ndarray  # max(S², churn): one run's variance (σ_seed²)
+
+
+def _run_part(seed_means: np.ndarray, trained: bool, churn, churn_df) -> _RunPart:
+    """The run part of per-seed scores (..., k); ``churn`` (with ``churn_df``) is what example-level
+    churn alone puts into one seed's score variance."""
     k = seed_means.shape[-1]
-    zeros = np.zeros(seed_means.shape[:-1])
+    shape = seed_means.shape[:-1]
     if not trained:
-        return zeros, zeros, np.inf
+        zeros = np.zeros(shape)
+        return _RunPart(zeros, np.full(shape, np.inf), zeros, np.inf, zeros)
     if k < 2:
-        nan = np.full(seed_means.shape[:-1], np.nan)
-        return nan, nan, np.nan
-    var = np.maximum(seed_means.var(axis=-1, ddof=1), churn)
-    return var / k, var, k - 1.0
+        nan = np.full(shape, np.nan)
+        return _RunPart(nan, nan, nan, np.nan, nan)
+    s2 = seed_means.var(axis=-1, ddof=1)
+    floored = s2 < churn
+    per_run = np.where(floored, churn, s2)
+    return _RunPart(per_run / k, np.where(floored, churn_df, k - 1.0), s2 / k, k - 1.0, per_run)
+
+
+def _churn(parts: list[DatasetStats], w: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Σ_d w_d² MS_residual,d / n_d of one side (or of the paired difference), and its Satterthwaite df."""
+    terms = []
+    for wd, p in zip(w, parts):
+        k = (p.seed_a if side == "a" else p.seed_b).shape[-1]
+        if wd and k >= 2 and p.n >= 2:
+            terms.append((wd ** 2 * (p.churn_a if side == "a" else p.churn_b), (p.n - 1.0) * (k - 1.0)))
+    if not terms:
+        return np.float64(0.0), np.float64(np.inf)
+    return _satterthwaite(terms)
 
 
 def estimate(parts: list[DatasetStats], weights, *, paired: bool = False, trained_a: bool = True,
@@ -285,30 +312,24 @@ def estimate(parts: list[DatasetStats], weights, *, paired: bool = False, traine
     w = np.asarray(weights, dtype=np.float64)
     single = parts[0].seed_b is None
     seed_a = sum(wd * p.seed_a for wd, p in zip(w, parts))  # (..., k_a): Δ̄ per seed of side A
-    churn_a = sum(wd ** 2 * p.churn_a for wd, p in zip(w, parts))
-    churn_b = sum(wd ** 2 * p.churn_b for wd, p in zip(w, parts))
-    components: list[tuple[np.ndarray, float]] = []
     if single:
         delta = seed_a.mean(axis=-1)
-        run_var, sigma2, df = _run_part(seed_a, trained_a, churn_a)
-        components.append((run_var, df))
+        runs = [_run_part(seed_a, trained_a, *_churn(parts, w, "a"))]
         k = seed_a.shape[-1]
     else:
         seed_b = sum(wd * p.seed_b for wd, p in zip(w, parts))
         if paired:
             per_seed = seed_a - seed_b  # Δ̄_s
             delta = per_seed.mean(axis=-1)
-            run_var, sigma2, df = _run_part(per_seed, trained_a or trained_b, churn_a)
-            components.append((run_var, df))
+            runs = [_run_part(per_seed, trained_a or trained_b, *_churn(parts, w, "a"))]
             k = per_seed.shape[-1]
         else:
             delta = seed_a.mean(axis=-1) - seed_b.mean(axis=-1)
-            va, sa, dfa = _run_part(seed_a, trained_a, churn_a)
-            vb, sb, dfb = _run_part(seed_b, trained_b, churn_b)
-            components += [(va, dfa), (vb, dfb)]
-            sigma2 = sa + sb
+            runs = [_run_part(seed_a, trained_a, *_churn(parts, w, "a")),
+                    _run_part(seed_b, trained_b, *_churn(parts, w, "b"))]
             k = min(x.shape[-1] for x, t in ((seed_a, trained_a), (seed_b, trained_b)) if t) \
                 if (trained_a or trained_b) else 1
+    components: list[tuple[np.ndarray, np.ndarray | float]] = [(r.var, r.df) for r in runs]
     example_var = np.zeros(np.shape(delta))
     for wd, part in zip(w, parts):
         if wd == 0 or not part.example_terms:
@@ -321,14 +342,15 @@ def estimate(parts: list[DatasetStats], weights, *, paired: bool = False, traine
             components.append((term, dof))
             example_var = example_var + term
     var, df = _satterthwaite(components)
-    run_var, run_df = _satterthwaite(components[:1] if single or paired else components[:2])
-    se, run_se = np.sqrt(var), np.sqrt(run_var)
+    raw_var, raw_df = _satterthwaite([(r.raw_var, r.raw_df) for r in runs])
+    se, raw_se = np.sqrt(var), np.sqrt(raw_var)
     ci_low, ci_high, p = t_interval(delta, se, df, alpha)
-    # Never narrower than the run part alone on its own df: the run is the unit, and a
+    # Never narrower than the seeds' own t interval on k - 1 df: the run is the unit, and a
     # well-estimated example part must not lend its degrees of freedom to two seeds.
-    run_low, run_high, run_p = t_interval(delta, run_se, run_df, alpha)
+    run_low, run_high, run_p = t_interval(delta, raw_se, raw_df, alpha)
     ci_low, ci_high, p = np.fmin(ci_low, run_low), np.fmax(ci_high, run_high), np.fmax(p, run_p)
-    mde = np.fmax(se * power_shift(df, alpha), run_se * power_shift(run_df, alpha))
+    mde = np.fmax(se * power_shift(df, alpha), raw_se * power_shift(raw_df, alpha))
+    sigma2 = sum(r.per_run for r in runs)
     return Estimate(delta, se, df, ci_low, ci_high, p, np.sqrt(sigma2), np.sqrt(example_var), mde, int(k))
 
 
@@ -340,7 +362,8 @@ def _satterthwaite(components: list[tuple[np.ndarray, float]]) -> tuple[np.ndarr
     """
     var = sum(v for v, _ in components)
     with np.errstate(divide="ignore", invalid="ignore"):
-        denom = sum(np.where(v == 0, 0.0, v ** 2 / d) for v, d in components if np.isfinite(d))
+        denom = sum(np.where((v == 0) | ~np.isfinite(d), 0.0, v ** 2 / np.asarray(d, dtype=np.float64))
+                    for v, d in components)
         df = np.where(np.asarray(denom) > 0, var ** 2 / denom, np.inf)
     df = np.where(np.isnan(var), np.nan, np.maximum(df, 1.0))  # a subtracted term can pull it below any part's df
     return var, df

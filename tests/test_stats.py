@@ -34,7 +34,8 @@ def _seeds(method, correct_by_seed, **kw):
 def _reference_variance(a, b):
     """Var(Δ̂) of one dataset by the two-way random-effects ANOVA, written out with loops (paired seeds).
 
-    V = S²(Δ̄_s)/k + max(0, (MS_examples − MS_residual)/k)/n, with S² floored at MS_residual/n.
+    V = S²(Δ̄_s)/k + max(0, (MS_examples − MS_residual)/k)/n, with S² floored at MS_residual/n;
+    also returns S²/k, the seeds' own variance of the mean.
     """
     d = np.asarray(a, float) - np.asarray(b, float)
     n, k = d.shape
@@ -45,7 +46,7 @@ def _reference_variance(a, b):
     ms_residual = sum((d[i][s] - row[i] - col[s] + grand) ** 2 for i in range(n) for s in range(k)) / ((n - 1) * (k - 1))
     s2 = sum((c - grand) ** 2 for c in col) / (k - 1)
     run = max(s2, ms_residual / n) / k
-    return run + max(0.0, (ms_examples - ms_residual) / k) / n, run
+    return run + max(0.0, (ms_examples - ms_residual) / k) / n, s2 / k
 
 
 def test_the_standard_error_is_the_two_way_decomposition():
@@ -56,12 +57,13 @@ def test_the_standard_error_is_the_two_way_decomposition():
     b = (rng.random((n, k)) < np.clip(q[:, None] - 0.1 + rng.normal(0, 0.1, k), 0, 1)).astype(float)
     est = stats.estimate([stats.dataset_stats(a, b, paired=True)], [1.0], paired=True)
     assert float(est.delta) == pytest.approx((a - b).mean())
-    var, run = _reference_variance(a, b)
+    var, seeds_only = _reference_variance(a, b)
     assert float(est.se) ** 2 == pytest.approx(var, rel=1e-9)
     assert k - 1 <= float(est.df)
     low, high = float(est.ci_low), float(est.ci_high)
-    # the wider of the Satterthwaite interval and the run part's own t interval on k - 1 df
-    half = max(scipy_stats.t.ppf(0.975, float(est.df)) * float(est.se), scipy_stats.t.ppf(0.975, k - 1) * np.sqrt(run))
+    # the wider of the Satterthwaite interval and the seeds' own t interval on k - 1 df
+    half = max(scipy_stats.t.ppf(0.975, float(est.df)) * float(est.se),
+               scipy_stats.t.ppf(0.975, k - 1) * np.sqrt(seeds_only))
     assert (high - low) / 2 == pytest.approx(half)
     # p comes from the same t statistic: p < .05 exactly when the interval excludes 0
     assert (float(est.p) < 0.05) == (low > 0 or high < 0)
