@@ -130,7 +130,8 @@ def test_cli_without_leaderboard_exits_2(tmp_path, capsys):
 
 
 def _record(results, study, method, trial_id, phase, correct_by_dataset, *, seed=0, status="completed",
-            params=1000, device_s=None, train_tokens=None, role="report", budget=None, router=None):
+            params=1000, device_s=None, train_tokens=None, role="report", budget=None, router=None,
+            profile_sha256=None):
     """Leaderboard rows and their prediction rows for one trial, as a study records them."""
     examples, loglikes = [], []
     for dataset, correct in correct_by_dataset.items():
@@ -149,6 +150,7 @@ def _record(results, study, method, trial_id, phase, correct_by_dataset, *, seed
             num_clusters=None, router_temperature=None, learning_rate=1e-3, zero_stage=0, num_workers=1,
             model="tiny-random-llama", seed=seed, scoring="letter", phase=phase, hparams_json="{}",
             device_s=device_s, train_tokens=train_tokens, budget_json=json.dumps(budget) if budget else None,
+            profile_sha256=profile_sha256,
             **(router or {})))
     append_rows(results / "leaderboard.parquet", rows)
     append_predictions(results / PREDICTIONS_FILE, prediction_rows(
@@ -317,3 +319,22 @@ def test_end_of_study_verdicts_say_what_the_study_can_claim(study_with_predictio
     worst = max(stats.compare(preds, "mor1e", b, study="s").mean.mde for b in ("dense", "lora"))
     assert (100 * worst > leaderboard.PIPELINE_RUN_MDE) == lines[-1].startswith("this study is a run of the pipeline")
     assert leaderboard.format_verdicts(None, "s") == ""
+
+
+def test_show_plan_measures_its_prior_on_an_earlier_study_of_the_same_profile(tmp_path):
+    from harness.study import power
+
+    rng = np.random.default_rng(4)
+    n = 120
+    for seed, shift in ((0, 0.1), (1, 0.3), (2, 0.2)):
+        lora = rng.random(n) < 0.5
+        mor1e = lora | (rng.random(n) < shift)
+        _record(tmp_path, "s", "lora", f"lora_{seed}", "final", {"boolq": lora}, seed=seed, profile_sha256="abc")
+        _record(tmp_path, "s", "mor1e", f"mor1e_{seed}", "final", {"boolq": mor1e}, seed=seed, profile_sha256="abc")
+    assert power.measured_prior(tmp_path, "another profile") is None
+    prior = power.measured_prior(tmp_path, "abc")
+    c = stats.compare(leaderboard.load_predictions(tmp_path, "s"), "mor1e", "lora", study="s")
+    assert prior.sigma_seed == pytest.approx(c.mean.sigma_seed) and "study 's'" in prior.source
+    # the example part it implies gives back the comparison's own SE
+    planned = stats.planned(c.n_seeds, [n], prior)
+    assert planned["se"] == pytest.approx(c.mean.se, rel=1e-6)
