@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from harness import methods as registry
 from harness import stats
 from harness.predictions import PREDICTIONS_FILE, read_predictions
 from harness.predictions import studies as prediction_studies
@@ -35,12 +36,14 @@ from harness.records import read_rows, read_timings, write_table_atomic
 
 LEADERBOARD_FILE = "leaderboard.parquet"
 SUMMARY_FILE = "summary.parquet"
-METHOD_ORDER = ("zeroshot", "dense", "lora", "molora", "mor1e")
+# Table order and baselines come from the method registry (Method.order, Method.baseline); a method
+# registered by a plugin this process has not imported sorts after them, by name.
+METHOD_ORDER = registry.leaderboard_order()
 PUBLISHED_PHASES = ("final", "reference")
 # The methods MoR1E must beat. The best baseline of a study is the one with the
 # highest mean report accuracy over datasets (ties: METHOD_ORDER); every other
 # method is compared with it by the paired test of harness/stats.py.
-BASELINES = ("dense", "lora", "molora")
+BASELINES = registry.baselines()
 ROUTER_COLUMNS = ("router_gate_mean", "router_load_entropy", "router_max_share", "router_dead_fraction",
                   "router_token_entropy")
 

@@ -265,13 +265,13 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
     leave ``profile_sha256`` null.
     """
     from harness.data import split_name
-    from harness.methods import method_config, num_experts
+    from harness.methods import method_config, num_clusters, num_experts
     from harness.provenance import scoring_precision, to_json, trial_budget
     from harness.records import TELEMETRY_KEYS, device_seconds, row_template
 
     result = result or {}
     config = method_config(cfg.method, cfg.hparams)
-    clusters = getattr(config, "num_clusters", None) if cfg.method == "mor1e" else None
+    clusters = num_clusters(cfg.method, cfg.hparams)
     temperature = getattr(config, "router_temperature", None)
 
     def num(v, kind):
@@ -356,7 +356,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python harness/train.py", description="Run one trial (one method, one hyperparameter set).")
-    p.add_argument("--method", required=True, help="mor1e, lora, molora, dense or zeroshot")
+    p.add_argument("--method", required=True, help="a method of harness.methods (python -m harness.methods list)")
     p.add_argument("--model", default="smollm2-135m", help="preset (tiny-random-llama, smollm2-135m), hub id or dir")
     p.add_argument("--datasets", default="all", help="'all' or comma-separated names")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 100, or from --epochs)")
