@@ -85,8 +85,9 @@ class Method:
     """config -> the leaderboard's num_clusters column."""
     count_trainable: Callable[[Any], int] | None = None
     """prepared model -> trainable parameters; None: every parameter with requires_grad, shared tensors once."""
-    save_adapter: Callable[[Any, Any], Any] | None = None
-    """(prepared model, directory) -> writes the trained adapter a final run exports; None: nothing exported."""
+    save_adapter: Callable[..., Any] | None = None
+    """(prepared model, directory, **intuition) -> writes the trained adapter a final run exports (``intuition``:
+    ``centroids`` for methods that read intuition, else empty); None: nothing exported."""
     order: int = 100
     """Place in the leaderboard's tables (ascending; ties by name)."""
     baseline: bool = False
@@ -293,10 +294,10 @@ def _wrap(model, config):
     return mor1e.wrap(model, config)
 
 
-def _save_wrapped(model, directory):
+def _save_wrapped(model, directory, **intuition):
     import mor1e
 
-    return mor1e.save_adapter(model, directory)
+    return mor1e.save_adapter(model, directory, **intuition)
 
 
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "dropout": 0.0}
@@ -401,7 +402,7 @@ def _peft_apply(model, config):
     return model
 
 
-def _peft_save(model, directory):
+def _peft_save(model, directory, **intuition):
     """peft's own files (adapter_config.json, adapter_model.safetensors) for the injected adapter."""
     from pathlib import Path
 

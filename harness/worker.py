@@ -22,6 +22,7 @@ no weights, so nothing trains on from it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -67,6 +68,7 @@ class TrialData:
     selection_scores: np.ndarray | None
     report_scores: np.ndarray | None
     total_steps: int
+    intuition: dict | None = None  # what an exported adapter carries to compute intuition itself (centroids)
 
 
 def _peak_rss_mb() -> float:
@@ -300,7 +302,7 @@ def train_loop_per_worker(config: dict) -> None:
                                    exclude_frozen_parameters=not dense)
             if final and get(cfg.method).save_adapter is not None:
                 _export_adapter(module, Path(tmp) / "adapter", rank=rank, zero3=cfg.zero_stage == 3,
-                                save=get(cfg.method).save_adapter)
+                                save=functools.partial(get(cfg.method).save_adapter, **(data.intuition or {})))
             if rank == 0 and predictions:
                 write_examples(Path(tmp) / EXAMPLES_FILE, predictions)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
