@@ -116,7 +116,11 @@ class Plan:
         from harness.provenance import to_json, trial_budget
         from harness.trial import TrialConfig
 
-        cfg = TrialConfig(**self.base_trial(method, phase))
+        # The budget reads no hparams, but the config must construct: a corner of the space gives a method
+        # that has no defaults (peft: peft_type) what it needs.
+        space = self.profile.spaces.get(method)
+        hparams = expand_params(method, space_corner(space, "low"), space)[1] if space is not None else {}
+        cfg = TrialConfig(**self.base_trial(method, phase), hparams=hparams)
         band = (self.band.low, self.band.high) if self.band else None
         return to_json(trial_budget(cfg, total_steps=total_steps, band=band, param_matched=param_matched(method)))
 
