@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from harness import methods as registry
 from harness import stats
 from harness.predictions import PREDICTIONS_FILE, read_predictions
 from harness.predictions import studies as prediction_studies
@@ -35,14 +36,16 @@ from harness.records import read_rows, read_timings, write_table_atomic
 
 LEADERBOARD_FILE = "leaderboard.parquet"
 SUMMARY_FILE = "summary.parquet"
-METHOD_ORDER = ("zeroshot", "dense", "lora", "molora", "mor1e")
+# Table order and baselines come from the method registry (Method.order, Method.baseline); a method
+# registered by a plugin this process has not imported sorts after them, by name.
+METHOD_ORDER = registry.leaderboard_order()
 PUBLISHED_PHASES = ("final", "reference")
 # The methods MoR1E must beat. The best baseline of a study is the one with the
 # highest mean *selection* accuracy (its final runs' selection rows, else its best
 # search trial's; ties: METHOD_ORDER), so the report split it is tested on never
 # chose it. Every other method is compared with it by harness/stats.py's run-level
 # test, Holm-adjusted across the comparisons a table prints.
-BASELINES = ("dense", "lora", "molora")
+BASELINES = registry.baselines()
 ROUTER_COLUMNS = ("router_gate_mean", "router_load_entropy", "router_max_share", "router_dead_fraction",
                   "router_token_entropy")
 
@@ -431,25 +434,33 @@ def format_table(df: pd.DataFrame, study: str, predictions: pd.DataFrame | None 
 PIPELINE_RUN_MDE = 5.0
 
 
-def format_verdicts(predictions: pd.DataFrame | None, study: str, *, candidate: str = "mor1e",
+def format_verdicts(predictions: pd.DataFrame | None, study: str, *,
                     margin: float = stats.DEFAULT_MARGIN) -> str:
-    """One line per baseline: ``candidate`` against it (Δ, 95% CI, verdict, mde), then what the study can claim."""
+    """One line per (candidate, baseline): Δ, 95% CI, verdict and mde, then what the study can claim.
+
+    The candidates are the study's trained methods that are not baselines (MoR1E, a plugin's method).
+    """
     if predictions is None:
         return ""
     preds = stats.PredictionSet(predictions[predictions.study == study])
+    published = preds.published_methods()
+    candidates = [m for m in sorted(published, key=_method_key) if m not in BASELINES and stats.trains(m)]
     lines, mdes = [], []
-    for baseline in BASELINES:
-        try:
-            c = stats.compare(preds, candidate, baseline, study=study, margin=margin)
-        except stats.StatsError:
-            continue
-        m = c.mean
-        ci = "no interval (one run)" if not np.isfinite(m.ci_low) else \
-            f"95% CI {100 * m.ci_low:+.1f} to {100 * m.ci_high:+.1f}"
-        mde = "mde ?" if not np.isfinite(m.mde) else f"mde {100 * m.mde:.1f}"
-        lines.append(f"{candidate} vs {baseline}: Δ {100 * m.delta:+.1f} points, {ci}, {m.verdict}, {mde} points "
-                     f"({c.n_seeds} run{'s' if c.n_seeds != 1 else ''} per method)")
-        mdes.append(m.mde)
+    for candidate in candidates:
+        for baseline in BASELINES:
+            if baseline not in published:
+                continue
+            try:
+                c = stats.compare(preds, candidate, baseline, study=study, margin=margin)
+            except stats.StatsError:
+                continue
+            m = c.mean
+            ci = "no interval (one run)" if not np.isfinite(m.ci_low) else \
+                f"95% CI {100 * m.ci_low:+.1f} to {100 * m.ci_high:+.1f}"
+            mde = "mde ?" if not np.isfinite(m.mde) else f"mde {100 * m.mde:.1f}"
+            lines.append(f"{candidate} vs {baseline}: Δ {100 * m.delta:+.1f} points, {ci}, {m.verdict}, {mde} "
+                         f"points ({c.n_seeds} run{'s' if c.n_seeds != 1 else ''} per method)")
+            mdes.append(m.mde)
     if not lines:
         return ""
     worst = max((x for x in mdes if np.isfinite(x)), default=float("nan"))

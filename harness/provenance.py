@@ -149,7 +149,9 @@ def scoring_precision(metrics: dict | None, *, method: str, use_gpu: bool | None
     metrics = metrics or {}
     if metrics.get("scoring_precision"):
         return str(metrics["scoring_precision"])
-    if method == "zeroshot" or use_gpu is False:
+    from harness.methods import get
+
+    if not get(method).trains or use_gpu is False:
         return "fp32"
     if use_gpu:
         return metrics.get("precision")

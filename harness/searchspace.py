@@ -10,6 +10,10 @@ A profile may also ask for a parameter-matched search (``param_budget``): the
 band of trainable-parameter counts every adapter's searched sizes must fall in.
 This module only checks how that is written; ``harness.study.budget`` counts.
 
+Which methods exist, what each one's space may name and which values its named options take come
+from the method registry (``harness.methods``); a profile's ``plugins:`` lists modules that register
+more methods, imported before its methods are checked.
+
 Everything here is plain data checking: no Ray, no torch. Every problem raises
 ``ConfigError`` with one line naming the file and the key, so ``search.py`` can
 refuse bad input before a trial starts.
@@ -31,28 +35,32 @@ import yaml
 # (`datasets: all`), KNOWN_DATASETS every name a profile may list, SUITES the names a profile may
 # give instead of a list (all, commonsense8).
 from harness.data.adapters import DATASETS, KNOWN_DATASETS, SUITES, resolve_datasets  # noqa: F401 (re-exported)
+from harness import methods as registry
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-SEARCHED_METHODS = ("mor1e", "lora", "molora", "dense")
-REFERENCE_METHODS = ("zeroshot",)
 ROLES = ("scientific", "nuisance", "fixed")
 PARAM_TYPES = ("float", "int", "categorical")
 
-# Hyperparameters each method's space may name. ``learning_rate`` goes to the
-# trial config; ``expert_shape`` ("r1xr2") becomes r1 and r2; ``alpha_ratio``
-# becomes alpha = ratio * rank (LoRA and MoLoRA alike). The rest pass to
-# apply_method as they are.
-METHOD_PARAMS = {
-    "mor1e": {"learning_rate", "expert_shape", "r1", "r2", "num_clusters", "router_temperature", "top_k",
-              "token_coef", "intuition_coef", "output_gate", "aux_loss_coef", "use_intuition",
-              "use_token_router", "parameterization", "gate_sharpness", "gate_init", "intuition_map",
-              "router_init", "share_routers"},
-    "lora": {"learning_rate", "rank", "alpha", "alpha_ratio", "dropout"},
-    "molora": {"learning_rate", "num_experts", "rank", "alpha", "alpha_ratio", "router_temperature", "top_k",
-               "aux_loss_coef"},
-    "dense": {"learning_rate"},
-}
+
+
+def searched_methods() -> tuple[str, ...]:
+    """Every registered method a study can search (harness.methods), in registration order."""
+    return tuple(n for n in registry.registered() if registry.get(n).searched)
+
+
+def reference_methods() -> tuple[str, ...]:
+    return registry.registered("reference")
+
+
+def default_methods() -> tuple[str, ...]:
+    """What a profile without ``methods:`` searches."""
+    return tuple(n for n in searched_methods() if registry.get(n).in_default_study)
+
+
+# What a space may name comes from its method's declaration (Method.space_params). ``learning_rate``
+# goes to the trial config; ``expert_shape`` ("r1xr2") becomes r1 and r2; ``alpha_ratio`` becomes
+# alpha = ratio * rank. The rest pass to apply_method as they are.
 # The joint categorical a parameter-matched search samples sizes from: each choice is one
 # allowed combination of the space's size parameters, as JSON (harness.study.budget).
 SIZE_PARAM = "size"
@@ -61,7 +69,7 @@ BOOL_PARAMS = ("share_routers", "use_intuition", "use_token_router", "output_gat
 PROFILE_KEYS = {
     "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
-    "param_budget",
+    "param_budget", "plugins",
 }
 BUDGET_KEYS = {"match", "params", "tolerance", "at", "model_config"}
 DEFAULT_TOLERANCE = 0.25
@@ -72,18 +80,8 @@ FINAL_KEYS = {"seeds"}
 RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries",
                  "measure_unit"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
-# MoR1E's named options and the values each may take (harness.methods / mor1e.MoR1EConfig).
-MOR1E_CHOICES = {
-    "parameterization": ("authors", "normalised"),
-    "intuition_map": ("linear", "softmax"),
-    "router_init": ("zeros", "random"),
-    "output_gate": ("sigmoid", "scalar", "none"),
-    "share_routers": (True, False),
-    "use_intuition": (True, False),
-    "use_token_router": (True, False),
-}
 SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
-                "num_workers", "use_gpu", "zero_stage", "scored_roles"}
+                "num_workers", "use_gpu", "zero_stage", "scored_roles", "plugins"}
 
 
 class ConfigError(ValueError):
@@ -240,8 +238,9 @@ def _check_values(method: str, p: Param, where: str, max_clusters: int | None) -
             continue
         if p.name in ("top_k",) and v is None:
             continue
-        if method == "mor1e" and p.name in MOR1E_CHOICES:
-            allowed = MOR1E_CHOICES[p.name]
+        choices = registry.get(method).choices
+        if p.name in choices:
+            allowed = choices[p.name]
             if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
                 raise ConfigError(f"{where}: must be one of {', '.join(map(str, allowed))}, got {v!r}")
             continue
@@ -282,14 +281,15 @@ def parse_space(data: dict, source: str, *, method: str | None = None) -> Space:
     if data.get("kind") != "space":
         raise ConfigError(f"{source}: not a search space (kind: {data.get('kind')!r}, expected 'space')")
     m = data.get("method")
-    if m not in SEARCHED_METHODS:
-        raise ConfigError(f"{source}: unknown method {m!r} (searched methods: {', '.join(SEARCHED_METHODS)})")
+    if m not in searched_methods():
+        raise ConfigError(f"{source}: unknown method {m!r} (searched methods: {', '.join(searched_methods())})")
     if method is not None and m != method:
         raise ConfigError(f"{source}: declares method {m!r}, expected {method!r}")
     params = data.get("params")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{source}: params must be a non-empty mapping")
-    _unknown(params, METHOD_PARAMS[m], f"{source}: params")
+    fixed = {n: spec["value"] for n, spec in params.items() if isinstance(spec, dict) and spec.get("role") == "fixed"}
+    _unknown(params, space_params(m, fixed, f"{source}: params"), f"{source}: params")
     if "learning_rate" not in params:
         raise ConfigError(f"{source}: params must include learning_rate")
     parsed = {name: parse_param(name, spec, source) for name, spec in params.items()}
@@ -298,8 +298,18 @@ def parse_space(data: dict, source: str, *, method: str | None = None) -> Space:
     return Space(m, parsed, source)
 
 
+def space_params(method: str, fixed: dict[str, Any], where: str) -> set[str]:
+    """The names ``method``'s space may hold, given its fixed values (Method.space_params)."""
+    try:
+        return registry.get(method).allowed_space_params(fixed)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+
+
 def load_space(method: str, spaces_dir: Path = SPACES_DIR) -> Space:
-    path = Path(spaces_dir) / f"{method}.yaml"
+    """``method``'s space: its declared file (Method.space: a name in ``spaces_dir`` or a path)."""
+    declared = registry.get(method).space or method
+    path = Path(declared) if declared.endswith((".yaml", ".yml")) else Path(spaces_dir) / f"{declared}.yaml"
     if not path.exists():
         raise ConfigError(f"no search space for method {method!r} ({path} is missing)")
     return parse_space(_read_yaml(path), str(path), method=method)
@@ -308,7 +318,6 @@ def load_space(method: str, spaces_dir: Path = SPACES_DIR) -> Space:
 def _merge_override(space: Space, override: Any, where: str) -> Space:
     if not isinstance(override, dict):
         raise ConfigError(f"{where}: expected a mapping of parameter -> spec")
-    _unknown(override, METHOD_PARAMS[space.method], where)
     out = copy.deepcopy(space)
     for name, spec in override.items():
         base = {}
@@ -329,6 +338,8 @@ def _merge_override(space: Space, override: Any, where: str) -> Space:
             if old.role == "fixed" and set(spec) & {"low", "high", "choices"}:
                 raise ConfigError(f"{where}: {name} is fixed in {space.source}; give role and type to search it")
         out.params[name] = parse_param(name, {**base, **spec} if isinstance(spec, dict) else spec, where)
+    fixed = {n: p.value for n, p in out.params.items() if p.role == "fixed"}
+    _unknown(override, space_params(space.method, fixed, where), where)
     out.source = f"{space.source} + {where}"
     return out
 
@@ -398,15 +409,28 @@ def parse_profile(
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
 
-    methods = _as_list(raw.get("methods", list(SEARCHED_METHODS)), f"{source}: methods")
+    plugins = _as_list(raw.get("plugins") or [], f"{source}: plugins")
+    try:  # each module registers its methods (harness.methods.register) when imported
+        registry.load_plugins(plugins)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
+    if plugins:
+        raw["plugins"] = plugins
+    else:  # a profile without plugins hashes as it did before plugins existed
+        raw.pop("plugins", None)
+
+    searched, references = searched_methods(), reference_methods()
+    methods = _as_list(raw.get("methods", list(default_methods())), f"{source}: methods")
     for m in methods:
-        if m not in SEARCHED_METHODS:
-            hint = " (zeroshot is a reference: list it under `reference`)" if m in REFERENCE_METHODS else ""
-            raise ConfigError(f"{source}: unknown method {m!r} (searched methods: {', '.join(SEARCHED_METHODS)}){hint}")
-    reference = _as_list(raw.get("reference", list(REFERENCE_METHODS)) or [], f"{source}: reference")
+        if m not in searched:
+            hint = f" ({m} is a reference: list it under `reference`)" if m in references else ""
+            raise ConfigError(f"{source}: unknown method {m!r} (searched methods: {', '.join(searched)}){hint}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"{source}: methods lists a method twice")
+    reference = _as_list(raw.get("reference", list(references)) or [], f"{source}: reference")
     for m in reference:
-        if m not in REFERENCE_METHODS:
-            raise ConfigError(f"{source}: unknown reference method {m!r} (reference methods: {', '.join(REFERENCE_METHODS)})")
+        if m not in references:
+            raise ConfigError(f"{source}: unknown reference method {m!r} (reference methods: {', '.join(references)})")
     raw["methods"], raw["reference"] = methods, reference
 
     raw["trials_per_method"] = _positive_int(raw.get("trials_per_method", 4), f"{source}: trials_per_method")
@@ -490,7 +514,7 @@ def parse_profile(
     if not isinstance(overrides, dict):
         raise ConfigError(f"{source}: overrides must be a mapping of method -> params")
     for m in overrides:
-        if m not in SEARCHED_METHODS:
+        if m not in searched:
             raise ConfigError(f"{source}: overrides: unknown method {m!r}")
 
     max_clusters = count_train_examples(raw) if count_train_examples else None
@@ -528,16 +552,18 @@ def _parse_budget(spec: Any, source: str, spaces: dict[str, Space], method_space
             raise ConfigError(f"{where}.at: only with match (the matched method's reference configuration)")
     else:
         match = spec["match"]
-        adapters = [m for m in SEARCHED_METHODS if m != "dense"]
+        adapters = registry.registered("adapter")
         if match not in adapters:
-            hint = " (dense is full finetuning, outside any band)" if match == "dense" else ""
+            full = match in registry.registered("full")
+            hint = f" ({match} is full finetuning, outside any band)" if full else ""
             raise ConfigError(f"{where}.match: expected one of {', '.join(adapters)}, got {match!r}{hint}")
         budget.match = match
         budget.reference_space = spaces.get(match) or method_space(match)
         at = spec.get("at") or {}
         if not isinstance(at, dict):
             raise ConfigError(f"{where}.at: expected a mapping of {match} hyperparameters, got {at!r}")
-        _unknown(at, METHOD_PARAMS[match] - {"learning_rate"}, f"{where}.at")
+        fixed = {n: p.value for n, p in budget.reference_space.params.items() if p.role == "fixed"}
+        _unknown(at, space_params(match, fixed, f"{where}.at") - {"learning_rate"}, f"{where}.at")
         for key, value in at.items():  # only counted, never trained: no bound from the training examples
             _check_values(match, Param(key, "fixed", value=value), f"{where}.at", None)
         budget.at = dict(at)
@@ -586,9 +612,5 @@ def decode_size(choice: str) -> dict[str, Any]:
 
 
 def num_experts(method: str, hparams: dict[str, Any]) -> int | None:
-    """The leaderboard's expert count: r1*r2 rank-1 experts for MoR1E, E for MoLoRA."""
-    if method == "mor1e" and "r1" in hparams and "r2" in hparams:
-        return int(hparams["r1"]) * int(hparams["r2"])
-    if method == "molora":
-        return hparams.get("num_experts")
-    return None
+    """The leaderboard's expert count (Method.num_experts: r1*r2 rank-1 experts for MoR1E, E for MoLoRA)."""
+    return registry.num_experts(method, hparams)

@@ -74,8 +74,8 @@ POWER = 0.80  # the power an `mde` is quoted at
 DEFAULT_MARGIN = 0.01  # ±1 point: a 95% interval inside it reads `equivalent`
 VERDICTS = ("a_better", "b_better", "equivalent", "inconclusive")
 METRICS = {"accuracy": "pred", "acc_norm": "pred_norm"}  # metric -> the prediction column it scores
-# Which phase publishes a method's report numbers: fresh final runs, or the one zero-shot reference run.
-PUBLISHED_PHASE = {"zeroshot": "reference"}
+# Which phase publishes a method's report numbers: fresh final runs, or, for a method of the
+# registry's "reference" role (the base model, untrained), its one deterministic reference run.
 DEFAULT_PUBLISHED_PHASE = "final"
 # A reference-phase method is one deterministic run that trains nothing: it has no run-to-run variance.
 UNTRAINED_PHASES = ("reference",)
@@ -92,7 +92,14 @@ class StatsError(ValueError):
 
 
 def published_phase(method: str) -> str:
-    return PUBLISHED_PHASE.get(method, DEFAULT_PUBLISHED_PHASE)
+    """``reference`` for a method of the registry's reference role, else ``final`` (a plugin method this
+    process has not imported publishes final runs, as every trained method does)."""
+    from harness import methods
+
+    try:
+        return "reference" if methods.get(method).role == "reference" else DEFAULT_PUBLISHED_PHASE
+    except ValueError:
+        return DEFAULT_PUBLISHED_PHASE
 
 
 def correctness(predictions: pd.DataFrame, method: str, *, metric: str = "accuracy") -> dict[str, pd.DataFrame]:

@@ -109,16 +109,19 @@ def prepare_data(cfg: TrialConfig, *, embed_cache_dir: str | os.PathLike | None 
     if cfg.trains and not train:
         raise ValueError(f"no training examples for {', '.join(cfg.datasets)}")
     scores: list = [None, None, None]
+    intuition: dict = {}
     if uses_intuition(cfg.method, cfg.hparams):
         k = method_config(cfg.method, cfg.hparams).num_clusters
-        scores = intuition_scores([train, selection, report], k=k, seed=cfg.seed, cache_dir=embed_cache_dir)
+        scores = intuition_scores([train, selection, report], k=k, seed=cfg.seed, cache_dir=embed_cache_dir,
+                                  keep=intuition)
     return TrialData(train=train, selection=selection, report=report, train_scores=scores[0],
                      selection_scores=scores[1], report_scores=scores[2],
-                     total_steps=cfg.total_steps(len(train)))
+                     total_steps=cfg.total_steps(len(train)), intuition=intuition or None)
 
 
-def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=None) -> list:
+def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=None, keep: dict | None = None) -> list:
     """Cluster scores s (n, k) for each set: k-means on the first set's embeddings (the training mixture).
+    ``keep``: if given, receives ``centroids`` (k, d), which an exported adapter carries.
 
     T-REX §3.2: the intuition of an instance is its similarity to each of k
     centroids of the training instances' sentence embeddings.
@@ -134,6 +137,8 @@ def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=N
         raise ValueError(f"num_clusters={k} is more than the {len(train)} training examples")
     embeddings = [embed_texts([e.text for e in s], cache_dir=cache_dir) if s else None for s in example_sets]
     centroids = kmeans(embeddings[0], k, seed=seed)
+    if keep is not None:
+        keep["centroids"] = centroids
     return [None if e is None else cluster_scores(e, centroids) for e in embeddings]
 
 
@@ -265,13 +270,13 @@ def trial_rows(cfg: TrialConfig, result: dict | None, *, study: str, trial_id: s
     leave ``profile_sha256`` null.
     """
     from harness.data import split_name
-    from harness.methods import method_config, num_experts
+    from harness.methods import method_config, num_clusters, num_experts
     from harness.provenance import scoring_precision, to_json, trial_budget
     from harness.records import TELEMETRY_KEYS, device_seconds, row_template
 
     result = result or {}
     config = method_config(cfg.method, cfg.hparams)
-    clusters = getattr(config, "num_clusters", None) if cfg.method == "mor1e" else None
+    clusters = num_clusters(cfg.method, cfg.hparams)
     temperature = getattr(config, "router_temperature", None)
 
     def num(v, kind):
@@ -356,7 +361,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python harness/train.py", description="Run one trial (one method, one hyperparameter set).")
-    p.add_argument("--method", required=True, help="mor1e, lora, molora, dense or zeroshot")
+    p.add_argument("--method", required=True, help="a method of harness.methods (python -m harness.methods list)")
     p.add_argument("--model", default="smollm2-135m", help="preset (tiny-random-llama, smollm2-135m), hub id or dir")
     p.add_argument("--datasets", default="all", help="'all' or comma-separated names")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 100, or from --epochs)")

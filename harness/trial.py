@@ -46,7 +46,7 @@ class TrialConfig:
     """One trial. Field names are the keys of a profile's ``training:`` block and of ``--`` flags."""
 
     method: str
-    """One of harness.methods.METHODS (mor1e, lora, molora, dense, zeroshot)."""
+    """A method of the registry (harness.methods): a built-in one, or one a module in ``plugins`` registers."""
     model: str = "smollm2-135m"
     """A preset of harness.models, a hub id or a local directory."""
     datasets: tuple[str, ...] = DATASETS
@@ -120,6 +120,8 @@ class TrialConfig:
     """Worker-group restarts (from the last checkpoint) before the trial fails."""
     torch_threads: int | None = None
     """Threads per worker; None: the node's CPUs divided by num_workers."""
+    plugins: tuple[str, ...] = ()
+    """Modules imported before ``method`` is looked up, each registering methods (a profile's ``plugins:``)."""
     fault_probe_dir: str | None = None
     """Tests only: after the first checkpoint of a fresh (not resumed) run, every rank writes
     ``rank<r>.pid`` here and waits up to 60 s, so a test can kill a worker at a known step."""
@@ -127,10 +129,11 @@ class TrialConfig:
     def __post_init__(self) -> None:
         # Imported here: a process that only unpickles the worker loop (Ray Train's controller)
         # then never imports peft, transformers and torch, about 4 s of CPU per trial.
-        from harness.methods import METHODS, method_config
+        from harness.methods import get, load_plugins, method_config
 
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(METHODS)}")
+        self.plugins = tuple(self.plugins or ())
+        load_plugins(self.plugins)
+        get(self.method)  # unknown method -> ValueError naming it
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
         self.datasets = resolve_datasets(self.datasets)
@@ -191,12 +194,15 @@ class TrialConfig:
     @property
     def trains(self) -> bool:
         """False for zeroshot: the trial only evaluates."""
-        return self.method != "zeroshot"
+        from harness.methods import get
+
+        return get(self.method).trains
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["datasets"] = list(self.datasets)
         d["scored_roles"] = list(self.scored_roles)
+        d["plugins"] = list(self.plugins)
         return d
 
     @classmethod

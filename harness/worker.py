@@ -22,6 +22,7 @@ no weights, so nothing trains on from it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -67,6 +68,7 @@ class TrialData:
     selection_scores: np.ndarray | None
     report_scores: np.ndarray | None
     total_steps: int
+    intuition: dict | None = None  # what an exported adapter carries to compute intuition itself (centroids)
 
 
 def _peak_rss_mb() -> float:
@@ -205,7 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from harness.evaluate import forward_options
-    from harness.methods import apply_method
+    from harness.methods import apply_method, count_prepared, get
     from harness.models import load_model
     import mor1e
 
@@ -224,7 +226,7 @@ def train_loop_per_worker(config: dict) -> None:
     model, tokenizer = load_model(cfg.model, dtype=torch.float32, seed=cfg.seed, attn_implementation=attention)
     torch.manual_seed(cfg.seed)  # identical adapter init on every rank
     model = apply_method(model, cfg.method, cfg.hparams)
-    trainable_params = mor1e.count_trainable(model)
+    trainable_params = count_prepared(model, cfg.method)
     if mor1e.needs_intuition(model):
         # Every pass of a MoR1E model with intuition needs its examples' scores (the driver's prepare_data).
         wanted = {"train": cfg.trains, "selection": "selection" in cfg.scored_roles,
@@ -259,7 +261,7 @@ def train_loop_per_worker(config: dict) -> None:
     )
     module = engine.module
     replicate_eval = cfg.zero_stage == 3 and world > 1
-    dense = cfg.method == "dense"
+    dense = get(cfg.method).role == "full"  # the whole model trains, so checkpoints hold all of it
     if not dense:
         _checkpoint_trained_tensors_only(engine)
 
@@ -298,8 +300,9 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="mor1e-ckpt-") as tmp:
             engine.save_checkpoint(tmp, tag=f"step{state['step']}", client_state=dict(state),
                                    exclude_frozen_parameters=not dense)
-            if final and cfg.method in ("mor1e", "lora", "molora"):
-                _export_adapter(module, Path(tmp) / "adapter", rank=rank, zero3=cfg.zero_stage == 3)
+            if final and get(cfg.method).save_adapter is not None:
+                _export_adapter(module, Path(tmp) / "adapter", rank=rank, zero3=cfg.zero_stage == 3,
+                                save=functools.partial(get(cfg.method).save_adapter, **(data.intuition or {})))
             if rank == 0 and predictions:
                 write_examples(Path(tmp) / EXAMPLES_FILE, predictions)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -485,10 +488,8 @@ def _checkpoint_trained_tensors_only(engine) -> None:
     engine.module_state_dict = trained_only
 
 
-def _export_adapter(module, directory: Path, *, rank: int, zero3: bool) -> None:
-    """Rank 0 writes the adapter (mor1e.save_adapter); under ZeRO-3 all ranks gather it first."""
-    import mor1e
-
+def _export_adapter(module, directory: Path, *, rank: int, zero3: bool, save) -> None:
+    """Rank 0 writes the adapter (the method's ``save_adapter``); under ZeRO-3 all ranks gather it first."""
     gathered = contextlib.nullcontext()
     if zero3:
         import deepspeed
@@ -497,7 +498,7 @@ def _export_adapter(module, directory: Path, *, rank: int, zero3: bool) -> None:
         gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
     with gathered:
         if rank == 0:
-            mor1e.save_adapter(module, directory)
+            save(module, directory)
 
 
 def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, rank, world, comm, trainable_params,

@@ -26,7 +26,7 @@ from mor1e.layers import (
     MoR1ERouter,
 )
 from mor1e.telemetry import TELEMETRY_KEYS, RouterTelemetry, TelemetryCounts, router_telemetry
-from mor1e.wrap import (
+from mor1e.wrap import (  # noqa: I001 (peft_method below needs these)
     GPT2_TARGETS,
     LLAMA_TARGETS,
     adapter_config,
@@ -41,6 +41,7 @@ from mor1e.wrap import (
     using_intuition,
     wrap,
 )
+from mor1e import peft_method  # registers MoR1E with peft: PeftModel.from_pretrained loads MoR1E adapters
 
 __all__ = [
     "ADAPTER_MARKER",
@@ -72,5 +73,6 @@ __all__ = [
     "set_token_mask",
     "token_mask",
     "using_intuition",
+    "peft_method",
     "wrap",
 ]

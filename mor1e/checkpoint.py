@@ -83,9 +83,17 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_adapter(model: nn.Module, directory) -> Path:
-    """Write the adapter's config and weights to ``directory`` (created if missing)."""
-    record = _config_record(adapter_config(model))
+def save_adapter(model: nn.Module, directory, **intuition) -> Path:
+    """Write the adapter's config and weights to ``directory`` (created if missing).
+
+    A MoR1E adapter's config is peft's too (mor1e/peft_method.py): ``PeftModel.from_pretrained`` loads it.
+    ``intuition``: ``centroids``, ``embedder`` and ``tokenizer`` for computing intuition from the input."""
+    config = adapter_config(model)
+    record = _config_record(config)
+    if record["method"] == "mor1e":
+        from mor1e.peft_method import peft_record
+
+        record = {**peft_record(config, **intuition), **record}
     record["format_version"] = FORMAT_VERSION
     text = json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n"
     tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in adapter_parameters(model)}
@@ -126,7 +134,8 @@ def read_adapter_config(directory):
 def load_adapter(model: nn.Module, directory) -> nn.Module:
     """Wrap a base ``model`` per the saved config and load the saved adapter weights into it."""
     config = read_adapter_config(directory)
-    weights = load_file(str(Path(directory) / WEIGHTS_NAME))
+    # A directory PeftModel.save_pretrained wrote names parameters below PeftModel's root.
+    weights = {k.removeprefix("base_model.model."): v for k, v in load_file(str(Path(directory) / WEIGHTS_NAME)).items()}
     wrap(model, config)
     params = dict(adapter_parameters(model))
     missing = sorted(set(params) - set(weights))

@@ -9,7 +9,7 @@ from harness.models import load_model
 
 
 def test_method_names_are_the_contract():
-    assert METHODS == ("mor1e", "lora", "molora", "dense", "zeroshot")
+    assert set(METHODS) >= {"mor1e", "lora", "dora", "molora", "peft", "dense", "zeroshot"}
 
 
 def test_configs_from_hparams():
@@ -61,11 +61,14 @@ def test_unknown_target_module_through_apply_method():
         apply_method(model, "lora", {"target_modules": ["nope_proj"]})
 
 
+HPARAMS = {"mor1e": {"num_clusters": 4}, "peft": {"peft_type": "IA3"}}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_apply_method_sets_what_trains(method):
     model, _ = load_model("tiny-random-llama")
     total = sum(p.numel() for p in model.parameters())
-    apply_method(model, method, {"num_clusters": 4} if method == "mor1e" else {})
+    apply_method(model, method, HPARAMS.get(method, {}))
     n = mor1e.count_trainable(model)
     if method == "dense":
         assert n == total
@@ -73,7 +76,11 @@ def test_apply_method_sets_what_trains(method):
         assert n == 0
     else:
         assert 0 < n < total * 0.1
-        assert all(mor1e.is_adapter_param(name) == p.requires_grad for name, p in model.named_parameters())
+        # peft's methods mark their parameters by their own prefix (IA3: ia3_), ours by mor1e's
+        is_adapter = (lambda name: "ia3_" in name) if method == "peft" else mor1e.is_adapter_param
+        assert all(is_adapter(name) == p.requires_grad for name, p in model.named_parameters())
+    if method == "dora":  # LoRA with DoRA's magnitude vectors, which train too
+        assert any("lora_magnitude_vector" in name and p.requires_grad for name, p in model.named_parameters())
 
 
 def test_uses_intuition():

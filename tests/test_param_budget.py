@@ -167,3 +167,6 @@ def test_shipped_profiles_plan_offline_with_every_adapter_in_the_band(tmp_path, 
             assert len(sizes) >= 2, (plan.study, method, sizes)
             assert all(band.low <= c <= band.high for _, counts in band.methods[method].admitted for c in counts)
         assert "size" not in plan.profile.spaces["dense"].params
+    # paper parameter-matches DoRA as it does LoRA: its ranks inside the band, listed in the plan's band lines
+    assert len(paper.profile.spaces["dora"].params[SIZE_PARAM].choices) >= 2
+    assert any(line.strip().startswith("dora: rank=") for line in paper.band.describe())

@@ -5,15 +5,16 @@ from profiles import default_profile_with
 
 from harness.searchspace import (
     SUITES,
-    METHOD_PARAMS,
-    SEARCHED_METHODS,
     SPACES_DIR,
     ConfigError,
     expand_params,
     load_profile,
     load_space,
     num_experts,
+    default_methods,
     parse_profile,
+    searched_methods,
+    space_params,
 )
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
@@ -21,7 +22,7 @@ SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 
 def test_every_method_has_a_space_and_two_profiles_ship():
     kinds = {p.stem: yaml.safe_load(p.read_text())["kind"] for p in SHIPPED}
-    assert {m for m, k in kinds.items() if k == "space"} == set(SEARCHED_METHODS)
+    assert {m for m, k in kinds.items() if k == "space"} == set(searched_methods())
     assert {"default", "paper"} <= {m for m, k in kinds.items() if k == "profile"}
 
 
@@ -44,7 +45,8 @@ def test_every_shipped_file_loads_and_tags_every_parameter(path):
         assert profile.datasets == list(SUITES[suite] if suite in SUITES else suite)
         for m, space in profile.spaces.items():
             lr, hp = expand_params(m, {k: _some_value(p) for k, p in space.searched().items()}, space)
-            assert lr > 0 and set(hp) <= METHOD_PARAMS[m] | {"r1", "r2", "alpha"}
+            fixed = {n: p.value for n, p in space.params.items() if p.role == "fixed"}
+            assert lr > 0 and set(hp) <= space_params(m, fixed, m) | {"r1", "r2", "alpha"}
 
 
 def _some_value(p):
@@ -55,7 +57,7 @@ def test_default_profile_is_offline_and_same_budget_for_all():
     p = load_profile(None)
     assert p.name == "default" and p.model == "smollm2-135m" and p.data["synthetic"] is True
     assert p.reference == ["zeroshot"] and "zeroshot" not in p.methods
-    assert set(p.methods) == set(SEARCHED_METHODS)
+    assert set(p.methods) == set(default_methods()) == {"mor1e", "lora", "molora", "dense"}
 
 
 def test_paper_profile_centres_on_the_authors_settings():

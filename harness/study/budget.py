@@ -11,7 +11,8 @@ to the sizes whose counts lie inside the band, so a size outside it is never sam
 - a searched range that changes the count (MoR1E ``num_clusters``: the intuition map is k -> E)
   stays a range; a size is admitted only when its count is inside the band with every such range
   at either end, so the band holds at the ends of the range;
-- dense is full finetuning and is never restricted: its rows say it is outside the band.
+- the methods restricted are those the registry declares as adapters (``Method.role == "adapter"``);
+  full finetuning is never restricted: its rows say it is outside the band.
 
 Counts come from building the model on the meta device and preparing it exactly as a trial's
 worker does (``harness.methods.count_trainable_params``), never from a formula of a layer, so
@@ -26,9 +27,13 @@ import itertools
 import json
 from typing import Any
 
+from harness import methods as registry
 from harness.searchspace import SIZE_PARAM, ConfigError, Param, Profile, Space, encode_size, expand_params
 
-ADAPTERS = ("mor1e", "lora", "molora")
+
+def param_matched(method: str) -> bool:
+    """Whether the band restricts ``method``: the registry declares it a parameter-matched adapter."""
+    return method in registry.registered("adapter")
 
 
 @dataclasses.dataclass
@@ -144,7 +149,7 @@ def resolve_band(profile: Profile, count: Counter) -> Band:
 def restrict_spaces(profile: Profile, band: Band, count: Counter) -> None:
     """Replace each adapter's space in ``profile.spaces`` by its band-restricted form (see the module doc)."""
     for method, space in list(profile.spaces.items()):
-        if method not in ADAPTERS:
+        if not param_matched(method):
             continue
         sizes = find_sizes(method, space, band, count)
         band.methods[method] = sizes

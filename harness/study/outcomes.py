@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.predictions import EXAMPLES_FILE, append_predictions, identified, read_examples
 from harness.records import TELEMETRY_KEYS, append_rows, device_seconds, read_rows, row_template
+from harness import methods as registry
 from harness.searchspace import KNOWN_DATASETS, num_experts
 from harness.study.plan import METRIC, Plan, one_line, trial_point
 
@@ -70,7 +71,7 @@ def trial_records(
         study=plan.study, method=method, trial_id=trial_id, status=status, status_reason=status_reason,
         trainable_params=_int(metrics.get("trainable_params")),
         num_experts=_int(num_experts(method, hparams)),
-        num_clusters=_int(hparams.get("num_clusters")) if method == "mor1e" else None,
+        num_clusters=_int(registry.num_clusters(method, hparams)),
         router_temperature=_float(hparams.get("router_temperature")),
         learning_rate=_float(learning_rate), zero_stage=p.resources["zero_stage"],
         num_workers=p.resources["num_workers"], model=p.model, seed=seed,

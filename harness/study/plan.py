@@ -22,7 +22,7 @@ from harness import leaderboard
 from harness.predictions import PREDICTIONS_FILE
 from harness.records import read_rows
 from harness.searchspace import ConfigError, Profile, Space, expand_params, load_profile
-from harness.study.budget import ADAPTERS, Band, counter_for, resolve_band, restrict_spaces
+from harness.study.budget import Band, counter_for, param_matched, resolve_band, restrict_spaces
 
 METRIC = "selection_accuracy"
 # What each phase scores (TrialConfig.scored_roles).
@@ -73,6 +73,7 @@ class Plan:
         kwargs = dict(p.training)
         kwargs.update(
             method=method,
+            plugins=list(p.raw.get("plugins") or []),
             model=p.model,
             datasets=list(p.datasets),
             data_dir=None if self.data_dir is None else str(self.data_dir),
@@ -115,9 +116,13 @@ class Plan:
         from harness.provenance import to_json, trial_budget
         from harness.trial import TrialConfig
 
-        cfg = TrialConfig(**self.base_trial(method, phase))
+        # The budget reads no hparams, but the config must construct: a corner of the space gives a method
+        # that has no defaults (peft: peft_type) what it needs.
+        space = self.profile.spaces.get(method)
+        hparams = expand_params(method, space_corner(space, "low"), space)[1] if space is not None else {}
+        cfg = TrialConfig(**self.base_trial(method, phase), hparams=hparams)
         band = (self.band.low, self.band.high) if self.band else None
-        return to_json(trial_budget(cfg, total_steps=total_steps, band=band, param_matched=method in ADAPTERS))
+        return to_json(trial_budget(cfg, total_steps=total_steps, band=band, param_matched=param_matched(method)))
 
 
 def make_trial_config(base: dict, *, learning_rate: float | None, hparams: dict, seed: int):

@@ -165,7 +165,9 @@ def search_order(methods: list[str]) -> list[str]:
     Searched last, its final runs were the last to start, and a slot sat idle while its search
     wound down; searched first, the cheaper adapter runs fill the study's end.
     """
-    return sorted(methods, key=lambda m: m != "dense")
+    from harness import methods as registry
+
+    return sorted(methods, key=lambda m: m not in registry.registered("full"))
 
 
 class StudySearcher(Searcher):

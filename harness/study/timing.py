@@ -68,9 +68,13 @@ def prepare(plan: Plan, progress: Progress) -> dict:
     converted = prepare_model(p.model)
     model_s = time.time() - start
     start = time.time()
-    if "mor1e" in p.methods:
+    from harness.methods import reads_intuition
+
+    # Methods that read intuition scores embed their examples once, here (cached for every trial).
+    embedder = next((m for m in p.methods if reads_intuition(m)), None)
+    if embedder is not None:
         for phase in ("search", "final"):
-            prepare_data(TrialConfig(**plan.base_trial("mor1e", phase)))
+            prepare_data(TrialConfig(**plan.base_trial(embedder, phase)))
     embed_s = time.time() - start
     timing = {"model_s": model_s, "embed_s": embed_s, "model_built": converted}
     line = (f"prepared: model cache {'built' if converted else 'found'} ({model_s:.0f} s), "
