@@ -238,7 +238,7 @@ def _check_values(method: str, p: Param, where: str, max_clusters: int | None) -
         if p.name == "expert_shape":
             parse_shape(v, where)
             continue
-        if p.name in ("top_k",) and v is None:
+        if p.name in ("top_k", "num_clusters") and v is None:  # num_clusters None: k = E (the authors')
             continue
         if method == "mor1e" and p.name in MOR1E_CHOICES:
             allowed = MOR1E_CHOICES[p.name]

@@ -101,8 +101,11 @@ class MoR1EConfig(_Serialisable):
     """Columns of B: the second factor of the expert grid."""
     num_experts: int | None = None
     """Optional E; when given it must equal r1·r2 (a guard for search spaces)."""
-    num_clusters: int = 8
-    """k: number of intuition clusters, the input size of the intuition map M."""
+    num_clusters: int | None = None
+    """k: number of intuition clusters, the input size of the intuition map M.  None (the authors'):
+    k = E = r1·r2, so M is the identity and each expert reads one cluster's score (they ran 32
+    clusters for 4×8).  Any other k is a named option: a bias-free linear map k → E, trained here
+    (their mapper was frozen and never saved, so their k ≠ E path cannot be reproduced as they ran it)."""
     router_temperature: float = 1.0
     """τ in softmax(W_r x / τ); lower is sharper.  The authors' layer has τ = 1."""
     top_k: int | None = None
@@ -125,7 +128,10 @@ class MoR1EConfig(_Serialisable):
     """Initial w_ω; 0 starts at ω = 0.5 (the authors')."""
     intuition_map: str = AUTHORS["intuition_map"]
     """M, from k cluster scores to E expert weights.  "linear" (the authors'): the identity when
-    k == E, else a bias-free linear map k → E (trained).  "softmax" (normalised): softmax(W_p s + b_p)."""
+    k == E, else a bias-free linear map k → E, trained here.  (The authors' k ≠ E mapper,
+    ``rank1_flex_mapper``, lacks the ``lora_`` prefix and is not in ``modules_to_save``: it stays
+    at its random init, is not saved, and is drawn afresh when their evaluation builds the model.)
+    "softmax" (normalised): softmax(W_p s + b_p)."""
     router_init: str = AUTHORS["router_init"]
     """Token router W_r at init: "zeros" (the authors': routing starts uniform) or "random"
     (nn.Linear's default init)."""
@@ -148,6 +154,8 @@ class MoR1EConfig(_Serialisable):
                 raise ValueError(
                     f"num_experts must equal r1*r2 = {self.r1}*{self.r2} = {experts}, got {self.num_experts}"
                 )
+        if self.num_clusters is None:
+            self.num_clusters = experts  # k = E: the authors' identity map
         _check_int("num_clusters", self.num_clusters)
         _check_positive("router_temperature", self.router_temperature)
         _check_bool("use_token_router", self.use_token_router)

@@ -55,6 +55,20 @@ def test_harness_parameterization_hparam_selects_the_constructor():
         method_config("mor1e", {"parameterization": "published"})
 
 
+def test_authors_cluster_count_is_the_expert_count_with_the_identity_map():
+    # trex_train.sh: a 32-cluster centroid file and rank allocation 4 8, no router mapping.
+    for config in (mor1e.MoR1EConfig.authors(), method_config("mor1e", {})):
+        assert (config.r1, config.r2, config.num_clusters) == (4, 8, 32) and config.intuition_is_identity
+        assert isinstance(mor1e.MoR1ERouter(6, config).prior, nn.Identity)
+    # k follows E when only the grid changes; any other k is asked for by name and maps k -> E
+    assert mor1e.MoR1EConfig.authors(r1=2, r2=4).num_clusters == 8
+    assert method_config("mor1e", {"r1": 8, "r2": 8}).num_clusters == 64
+    other = mor1e.MoR1EConfig.authors(num_clusters=8)
+    assert not other.intuition_is_identity
+    prior = mor1e.MoR1ERouter(6, other).prior
+    assert isinstance(prior, nn.Linear) and tuple(prior.weight.shape) == (32, 8) and prior.bias is None
+
+
 # ---------------------------------------------------------------- reference maths
 
 

@@ -69,7 +69,7 @@ def test_paper_profile_centres_on_the_authors_settings():
     mor1e = p.spaces["mor1e"].params
     assert mor1e["learning_rate"].low < 5e-5 < mor1e["learning_rate"].high
     assert "4x8" in mor1e["expert_shape"].choices
-    assert mor1e["num_clusters"].low < 32 < mor1e["num_clusters"].high
+    assert mor1e["num_clusters"].role == "fixed" and mor1e["num_clusters"].value is None  # k = E = 32
 
 
 def test_expand_params_maps_shapes_and_lora_alpha():
@@ -94,7 +94,9 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     (dict(overrides__mor1e={"router_temperature": {"low": 0, "high": 1, "log": False}}), "tau"),
     (dict(overrides__lora={"learning_rate": {"low": -1e-3, "high": 1e-3, "log": False}}), "lr must be > 0"),
     (dict(overrides__dense={"learning_rate": {"value": 0.0}}), "lr must be > 0"),
-    (dict(overrides__mor1e={"num_clusters": {"low": 4, "high": 5000}}), "clusters exceed"),
+    (dict(overrides__mor1e={"num_clusters": {"role": "scientific", "type": "int", "low": 4, "high": 5000}}),
+     "clusters exceed"),
+    (dict(overrides__mor1e={"num_clusters": {"low": 4, "high": 32}}), "num_clusters is fixed"),
     (dict(overrides__mor1e={"rank": {"role": "fixed", "value": 2}}), "unknown key 'rank'"),
     (dict(trials_per_method=0), "trials_per_method"),
     (dict(final__seeds=[0, 0]), "without repeats"),

@@ -70,7 +70,8 @@ def trial_records(
         study=plan.study, method=method, trial_id=trial_id, status=status, status_reason=status_reason,
         trainable_params=_int(metrics.get("trainable_params")),
         num_experts=_int(num_experts(method, hparams)),
-        num_clusters=_int(hparams.get("num_clusters")) if method == "mor1e" else None,
+        # num_clusters null is MoR1E's k = E (the authors' identity map)
+        num_clusters=_int(hparams.get("num_clusters") or num_experts(method, hparams)) if method == "mor1e" else None,
         router_temperature=_float(hparams.get("router_temperature")),
         learning_rate=_float(learning_rate), zero_stage=p.resources["zero_stage"],
         num_workers=p.resources["num_workers"], model=p.model, seed=seed,
