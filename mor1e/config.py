@@ -57,15 +57,16 @@ class _Serialisable:
 # G = 32·ω·softmax(W_r x / τ) + 4·(1−ω)·M(s), ω = sigmoid(100·w_ω), out = sigmoid(100·w_o)·B(Gᵀ(A x)).
 AUTHORS = dict(
     token_coef=32.0, intuition_coef=4.0, gate_sharpness=100.0, intuition_map="linear",
-    router_init="zeros", output_gate="sigmoid", share_routers=False,
+    router_init="zeros", output_gate="sigmoid", share_routers=False, intuition_score="dot",
 )
 # This project's earlier variant: a convex mixture of two distributions, G = ω·softmax(W_r x / τ) +
 # (1−ω)·softmax(W_p s + b_p), ω = sigmoid(w), a randomly initialised token router and no output gate.
 NORMALISED = dict(
     token_coef=1.0, intuition_coef=1.0, gate_sharpness=1.0, intuition_map="softmax",
-    router_init="random", output_gate="none", share_routers=False,
+    router_init="random", output_gate="none", share_routers=False, intuition_score="cosine",
 )
 INTUITION_MAPS = ("linear", "softmax")
+INTUITION_SCORES = ("dot", "cosine")
 ROUTER_INITS = ("zeros", "random")
 OUTPUT_GATES = ("sigmoid", "scalar", "none")
 
@@ -132,6 +133,12 @@ class MoR1EConfig(_Serialisable):
     ``rank1_flex_mapper``, lacks the ``lora_`` prefix and is not in ``modules_to_save``: it stays
     at its random init, is not saved, and is drawn afresh when their evaluation builds the model.)
     "softmax" (normalised): softmax(W_p s + b_p)."""
+    intuition_score: str = AUTHORS["intuition_score"]
+    """How s is computed from an example's embedding (``mor1e.intuition.cluster_scores``): "dot" (the
+    authors': ``centroids @ emb``, centroids as k-means returns them, so a loose cluster scores lower)
+    or "cosine" (centroids renormalised; the normalised variant's).  The layer reads s as given;
+    this field tells whoever computes s (``harness.train.intuition_scores``) how, and is saved with
+    the adapter so scores for it can be made again."""
     router_init: str = AUTHORS["router_init"]
     """Token router W_r at init: "zeros" (the authors': routing starts uniform) or "random"
     (nn.Linear's default init)."""
@@ -177,6 +184,7 @@ class MoR1EConfig(_Serialisable):
         ):
             raise ValueError(f"gate_init must be a finite number, got {self.gate_init!r}")
         _check_choice("intuition_map", self.intuition_map, INTUITION_MAPS)
+        _check_choice("intuition_score", self.intuition_score, INTUITION_SCORES)
         _check_choice("router_init", self.router_init, ROUTER_INITS)
         _check_choice("output_gate", self.output_gate, OUTPUT_GATES)
         _check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)

@@ -4,7 +4,10 @@
   (mean pooling over tokens, L2-normalised), optionally cached on disk keyed by
   (embedder, data fingerprint) so that changing k costs only a k-means;
 - ``kmeans``: centroids of the training embeddings (fixed seed);
-- ``cluster_scores``: cosine similarity of each example to each centroid, shape (n, k).
+- ``cluster_scores``: each example's score against each centroid, shape (n, k): the authors'
+  ``centroids @ emb`` (``score="dot"``: unit-norm embeddings against the centroids as k-means
+  returns them, so a loose cluster, whose centroid is shorter, scores lower), or cosine
+  similarity (``score="cosine"``: the centroids renormalised, this project's earlier scores).
 
 This module is also callable: ``mor1e.intuition(model, scores)`` is the context manager
 ``mor1e.using_intuition`` (the package exposes both names under ``mor1e.intuition``).
@@ -159,8 +162,18 @@ def kmeans(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return model.cluster_centers_.astype(np.float32)
 
 
-def cluster_scores(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each embedding to each centroid: (n, k) float32 in [-1, 1]."""
+SCORES = ("dot", "cosine")
+
+
+def cluster_scores(embeddings: np.ndarray, centroids: np.ndarray, score: str = "dot") -> np.ndarray:
+    """Each embedding's score against each centroid, (n, k) float32.
+
+    ``score="dot"`` (the authors', their ``component/dataset.py``: ``centroids @ emb``): the
+    embedding, L2-normalised, against the centroid as given, not renormalised.  ``"cosine"``:
+    both normalised, so every score lies in [-1, 1] whatever the cluster's spread.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     emb = np.asarray(embeddings, dtype=np.float32)
     cen = np.asarray(centroids, dtype=np.float32)
     if emb.ndim == 1:
@@ -168,7 +181,8 @@ def cluster_scores(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     if emb.ndim != 2 or cen.ndim != 2 or emb.shape[1] != cen.shape[1]:
         raise ValueError(f"shapes do not match: embeddings {emb.shape}, centroids {cen.shape}")
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    cen = cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-12)
+    if score == "cosine":
+        cen = cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-12)
     return (emb @ cen.T).astype(np.float32)
 
 

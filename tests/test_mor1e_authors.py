@@ -284,9 +284,10 @@ def test_format_1_adapter_loads_as_the_normalised_layer_it_was(tiny, tmp_path):
     with torch.no_grad(), mor1e.intuition(model, scores):
         trained = model(**ids).logits
     mor1e.save_adapter(model, tmp_path)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["format_version"] == mor1e.FORMAT_VERSION == 2
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["format_version"] == mor1e.FORMAT_VERSION == 3
     # what format 1 wrote for this layer: its own fields only, output_gate a bool
-    old = {k: v for k, v in config.to_dict().items() if k not in ("gate_sharpness", "intuition_map", "router_init")}
+    old = {k: v for k, v in config.to_dict().items()
+           if k not in ("gate_sharpness", "intuition_map", "router_init", "intuition_score")}
     old["output_gate"] = True
     _as_format_1(tmp_path, old)
     assert mor1e.read_adapter_config(tmp_path) == config
@@ -297,13 +298,28 @@ def test_format_1_adapter_loads_as_the_normalised_layer_it_was(tiny, tmp_path):
     assert mor1e.read_adapter_config(tmp_path).output_gate == "none"
 
 
+def test_format_2_adapter_loads_with_the_cosine_scores_it_was_trained_on(tiny, tmp_path):
+    model, _ = fresh(tiny)
+    config = mor1e.MoR1EConfig.authors(num_clusters=8, target_modules=["q_proj"])
+    mor1e.wrap(model, config)
+    mor1e.save_adapter(model, tmp_path)
+    path = tmp_path / "adapter_config.json"
+    record = json.loads(path.read_text())
+    assert record["config"]["intuition_score"] == "dot"
+    del record["config"]["intuition_score"]  # what format 2 wrote
+    path.write_text(json.dumps({**record, "format_version": 2}))
+    assert mor1e.read_adapter_config(tmp_path) == mor1e.MoR1EConfig.authors(
+        num_clusters=8, target_modules=["q_proj"], intuition_score="cosine")
+
+
 def test_unknown_format_version_is_refused(tiny, tmp_path):
     model, _ = fresh(tiny)
     mor1e.wrap(model, mor1e.MoR1EConfig(target_modules=["q_proj"]))
     mor1e.save_adapter(model, tmp_path)
     record = json.loads((tmp_path / "adapter_config.json").read_text())
-    (tmp_path / "adapter_config.json").write_text(json.dumps({**record, "format_version": 3}))
-    with pytest.raises(ValueError, match="format_version 3"):
+    newer = mor1e.FORMAT_VERSION + 1
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**record, "format_version": newer}))
+    with pytest.raises(ValueError, match=f"format_version {newer}"):
         mor1e.read_adapter_config(tmp_path)
 
 
