@@ -47,10 +47,10 @@ METHOD_PARAMS = {
     "mor1e": {"learning_rate", "expert_shape", "r1", "r2", "num_clusters", "router_temperature", "top_k",
               "token_coef", "intuition_coef", "output_gate", "aux_loss_coef", "use_intuition",
               "use_token_router", "parameterization", "gate_sharpness", "gate_init", "intuition_map",
-              "router_init", "share_routers", "intuition_score"},
+              "router_init", "share_routers", "intuition_score", "adapter_dtype"},
     "lora": {"learning_rate", "rank", "alpha", "alpha_ratio", "dropout"},
     "molora": {"learning_rate", "num_experts", "rank", "alpha", "alpha_ratio", "router_temperature", "top_k",
-               "aux_loss_coef"},
+               "aux_loss_coef", "adapter_dtype"},
     "dense": {"learning_rate"},
 }
 # The joint categorical a parameter-matched search samples sizes from: each choice is one
@@ -78,6 +78,7 @@ MOR1E_CHOICES = {
     "intuition_map": ("linear", "softmax"),
     "router_init": ("zeros", "random"),
     "intuition_score": ("dot", "cosine"),
+    "adapter_dtype": ("fp32", "base"),
     "output_gate": ("sigmoid", "scalar", "none"),
     "share_routers": (True, False),
     "use_intuition": (True, False),

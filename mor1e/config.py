@@ -67,6 +67,7 @@ NORMALISED = dict(
 )
 INTUITION_MAPS = ("linear", "softmax")
 INTUITION_SCORES = ("dot", "cosine")
+ADAPTER_DTYPES = ("fp32", "base")
 ROUTER_INITS = ("zeros", "random")
 OUTPUT_GATES = ("sigmoid", "scalar", "none")
 
@@ -150,6 +151,11 @@ class MoR1EConfig(_Serialisable):
     aux_loss_coef: float = 0.0
     """Weight of the Switch-style load-balancing loss on the token router (``mor1e.aux_loss``:
     coef × the mean over routers of each router's loss on its own real tokens); 0 disables it."""
+    adapter_dtype: str = "fp32"
+    """Precision of the adapter.  "fp32" (the authors' and peft's): on a half-precision base (fp16,
+    bf16) A, B, routers, gates and the map are fp32 parameters, and the update is computed in fp32
+    with autocast off (x cast to fp32, the update cast back to the base output's dtype); fp32 and
+    fp64 bases keep their own dtype.  "base": everything in the base weight's dtype, under autocast."""
 
     def __post_init__(self) -> None:
         _check_int("r1", self.r1)
@@ -188,6 +194,7 @@ class MoR1EConfig(_Serialisable):
         _check_choice("router_init", self.router_init, ROUTER_INITS)
         _check_choice("output_gate", self.output_gate, OUTPUT_GATES)
         _check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)
+        _check_choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         self.target_modules = _check_targets(self.target_modules)
 
     @classmethod
@@ -229,6 +236,9 @@ class MoLoRAConfig(_Serialisable):
     """Module names to wrap; None = every attention and MLP projection of the architecture."""
     aux_loss_coef: float = 0.0
     """Weight of the Switch-style load-balancing loss; 0 disables it."""
+    adapter_dtype: str = "fp32"
+    """As ``MoR1EConfig.adapter_dtype``: "fp32" keeps A, B and the router in fp32 on a half-precision
+    base and computes the update in fp32 with autocast off; "base" uses the base weight's dtype."""
 
     def __post_init__(self) -> None:
         _check_int("num_experts", self.num_experts)
@@ -240,4 +250,5 @@ class MoLoRAConfig(_Serialisable):
             if self.top_k > self.num_experts:
                 raise ValueError(f"top_k must be <= num_experts = {self.num_experts}, got {self.top_k}")
         _check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)
+        _check_choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         self.target_modules = _check_targets(self.target_modules)

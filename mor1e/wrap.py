@@ -18,7 +18,15 @@ from transformers.pytorch_utils import Conv1D
 
 from mor1e.config import MoLoRAConfig, MoR1EConfig
 from mor1e.fused import ForwardTable, ProjectionGroup
-from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoLoRARouter, MoR1ELinear, MoR1ERouter, linear_features
+from mor1e.layers import (
+    ADAPTER_MARKER,
+    MoLoRALinear,
+    MoLoRARouter,
+    MoR1ELinear,
+    MoR1ERouter,
+    adapter_dtype,
+    linear_features,
+)
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
@@ -151,7 +159,7 @@ def _wrap_mor1e(model: nn.Module, config: MoR1EConfig) -> None:
             parent = model.get_submodule(parent_name) if parent_name else model
             weight = getattr(parent, first).weight
             router = MoR1ERouter(linear_features(getattr(parent, first))[0], config,
-                                 dtype=weight.dtype, device=weight.device)
+                                 dtype=adapter_dtype(config, weight.dtype), device=weight.device)
             router.shared = True
             # Registered once, on the module that owns the projections.
             parent.add_module(f"{ADAPTER_MARKER}router_" + "_".join(n.rsplit(".", 1)[-1] for n in names), router)

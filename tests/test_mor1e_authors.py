@@ -2,6 +2,7 @@
 intuition, which parameters train, load balancing over real tokens, and adapter format upgrades."""
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -287,10 +288,10 @@ def test_format_1_adapter_loads_as_the_normalised_layer_it_was(tiny, tmp_path):
     assert json.loads((tmp_path / "adapter_config.json").read_text())["format_version"] == mor1e.FORMAT_VERSION == 3
     # what format 1 wrote for this layer: its own fields only, output_gate a bool
     old = {k: v for k, v in config.to_dict().items()
-           if k not in ("gate_sharpness", "intuition_map", "router_init", "intuition_score")}
+           if k not in ("gate_sharpness", "intuition_map", "router_init", "intuition_score", "adapter_dtype")}
     old["output_gate"] = True
     _as_format_1(tmp_path, old)
-    assert mor1e.read_adapter_config(tmp_path) == config
+    assert mor1e.read_adapter_config(tmp_path) == dataclasses.replace(config, adapter_dtype="base")
     loaded = mor1e.load_adapter(base, tmp_path)
     with torch.no_grad(), mor1e.intuition(loaded, scores):
         assert torch.equal(loaded(**ids).logits, trained)
@@ -305,11 +306,12 @@ def test_format_2_adapter_loads_with_the_cosine_scores_it_was_trained_on(tiny, t
     mor1e.save_adapter(model, tmp_path)
     path = tmp_path / "adapter_config.json"
     record = json.loads(path.read_text())
-    assert record["config"]["intuition_score"] == "dot"
-    del record["config"]["intuition_score"]  # what format 2 wrote
+    assert (record["config"]["intuition_score"], record["config"]["adapter_dtype"]) == ("dot", "fp32")
+    for field in ("intuition_score", "adapter_dtype"):  # what format 2 wrote
+        del record["config"][field]
     path.write_text(json.dumps({**record, "format_version": 2}))
     assert mor1e.read_adapter_config(tmp_path) == mor1e.MoR1EConfig.authors(
-        num_clusters=8, target_modules=["q_proj"], intuition_score="cosine")
+        num_clusters=8, target_modules=["q_proj"], intuition_score="cosine", adapter_dtype="base")
 
 
 def test_unknown_format_version_is_refused(tiny, tmp_path):
