@@ -16,6 +16,7 @@ from typing import Any
 from harness.data import DATASETS, FORMATS, resolve_datasets
 
 SCHEDULES = ("cosine", "linear", "constant")
+LOSS_REDUCTIONS = ("token", "example")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 SCORING_DTYPES = ("fp32", "bf16", "auto")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -76,6 +77,10 @@ class TrialConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     """Gradient clipping (DeepSpeed ``gradient_clipping``); 0 disables it."""
+    loss_reduction: str = "token"
+    """How the answer tokens' cross-entropy is averaged (``harness.training.answer_loss``): "token",
+    the mean over every answer token of the micro-batch (the authors'), or "example", the mean over
+    examples of each one's mean over its own answer tokens (a one-token answer weighs as much as a long one)."""
     max_seq_len: int = 512
     """Training sequences longer than this lose context tokens from the left (the answer is kept)."""
     dtype: str = "auto"
@@ -153,6 +158,8 @@ class TrialConfig:
         _number("min_lr_ratio", self.min_lr_ratio, low=0.0, low_inclusive=True, high=1.0)
         _number("weight_decay", self.weight_decay, low=0.0, low_inclusive=True)
         _number("max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=True)
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got {self.loss_reduction!r}")
         _positive_int("max_seq_len", self.max_seq_len)
         if self.max_seq_len < 8:
             raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
