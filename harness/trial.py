@@ -119,6 +119,12 @@ class TrialConfig:
     """Model init (tiny preset), adapter init and the mixture's shuffle."""
     split_seed: int = 0
     """Carves selection out of train; fixed across trials so every trial is selected on the same examples."""
+    embedder: str | None = None
+    """The sentence embedder behind MoR1E's intuition scores: None is the packaged all-MiniLM-L6-v2
+    (offline); otherwise a local directory or a sentence-transformers hub id (the authors':
+    ``nomic-ai/nomic-embed-text-v1``). Mean pooling and L2 normalisation either way."""
+    embedder_trust_remote_code: bool = False
+    """Let a hub embedder run its own code (nomic-embed-text-v1 needs it)."""
     data_dir: str | None = None
     """DATA_DIR/<dataset>/<split>.jsonl|parquet; None: the HF hub (needs the network)."""
     max_failures: int = 1
@@ -190,6 +196,10 @@ class TrialConfig:
             raise ValueError("dtype fp16 needs a GPU; use fp32, bf16 or auto on CPU")
         _positive_int("seed", self.seed, allow_zero=True)
         _positive_int("split_seed", self.split_seed, allow_zero=True)
+        if self.embedder is not None and (not isinstance(self.embedder, str) or not self.embedder):
+            raise ValueError(f"embedder must be null or a non-empty string (a directory or a hub id), got {self.embedder!r}")
+        if not isinstance(self.embedder_trust_remote_code, bool):
+            raise ValueError(f"embedder_trust_remote_code must be true or false, got {self.embedder_trust_remote_code!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             self.data_dir = str(self.data_dir)
         _positive_int("max_failures", self.max_failures, allow_zero=True)

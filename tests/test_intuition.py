@@ -132,3 +132,24 @@ def test_intuition_module_is_also_the_context_manager():
         assert torch.equal(layer.router.intuition_scores, s)
     assert layer.router.intuition_scores is None
     assert mor1e.intuition.embed_texts is embed_texts
+
+
+def test_embedder_is_a_directory_or_a_hub_id(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from harness.trial import TrialConfig
+    from mor1e.intuition import resolve_embedder
+
+    texts = ["The cat sat on the mat.", "Revenue grew."]
+    packaged = packaged_embedder_path()
+    assert resolve_embedder(None) == packaged == resolve_embedder(str(packaged))
+    assert np.array_equal(embed_texts(texts, embedder=str(packaged)), embed_texts(texts))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_embedder(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="nomic-ai/nomic-embed-text-v1"):
+        embed_texts(texts, embedder="nomic-ai/nomic-embed-text-v1")
+    assert TrialConfig(method="mor1e", embedder="nomic-ai/nomic-embed-text-v1").embedder.startswith("nomic")
+    with pytest.raises(ValueError, match="embedder"):
+        TrialConfig(method="mor1e", embedder="")

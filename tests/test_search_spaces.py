@@ -66,6 +66,14 @@ def test_paper_profile_centres_on_the_authors_settings():
     t = p.training
     assert t["epochs"] == 3 and t["warmup_steps"] == 100 and t["max_seq_len"] == 2048
     assert t["batch_size"] * t["grad_accum"] * p.resources["num_workers"] == 256
+    # the authors' recipe wherever the profile fixes a value (train_args/llama2-13b-trex.json)
+    assert (t["batch_size"], t["grad_accum"], t["schedule"], t["min_lr_ratio"]) == (4, 8, "cosine", 0.0)
+    assert (t["max_grad_norm"], t["weight_decay"], t["loss_reduction"]) == (0.3, 0.0, "token")
+    assert t["embedder"] == "nomic-ai/nomic-embed-text-v1" and t["embedder_trust_remote_code"] is True
+    from harness.trial import TrialConfig
+
+    fields = {k: v for k, v in t.items() if k not in ("eval_every",)}
+    TrialConfig(method="mor1e", **fields)  # every fixed value is one a trial accepts
     mor1e = p.spaces["mor1e"].params
     assert mor1e["learning_rate"].low < 5e-5 < mor1e["learning_rate"].high
     assert "4x8" in mor1e["expert_shape"].choices
