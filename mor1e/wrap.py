@@ -24,6 +24,7 @@ from mor1e.layers import (
     MoLoRARouter,
     MoR1ELinear,
     MoR1ERouter,
+    HALF_DTYPES,
     adapter_dtype,
     linear_features,
 )
@@ -111,6 +112,11 @@ def wrap(model: nn.Module, config) -> nn.Module:
         short = sorted({n.rsplit(".", 1)[-1] for n in targets})
         config = LoraConfig(**{**_lora_fields(config), "target_modules": short})
         inject_adapter_in_model(config, model)
+        # peft's get_peft_model upcasts a half-precision base's LoRA weights to fp32
+        # (autocast_adapter_dtype); inject_adapter_in_model leaves them in the base's dtype.
+        for name, param in model.named_parameters():
+            if _PEFT_MARKER in name and param.dtype in HALF_DTYPES:
+                param.data = param.data.float()
     elif isinstance(config, MoR1EConfig):
         _wrap_mor1e(model, config)
     elif isinstance(config, MoLoRAConfig):

@@ -107,6 +107,20 @@ def test_update_runs_in_fp32_inside_autocast(name):
         assert not torch.equal(autocast, got)
 
 
+def test_peft_lora_on_a_bf16_base_is_fp32_as_get_peft_model_makes_it(tiny):
+    from harness.methods import method_config
+
+    model, ids = tiny
+    base = copy.deepcopy(model).to(torch.bfloat16)
+    mor1e.wrap(base, method_config("lora", {"rank": 4}))
+    trainable = [p for p in base.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    logits = base(**ids).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+
+
 def test_fp64_and_fp32_bases_keep_their_dtype():
     for dtype in (torch.float32, torch.float64):
         layer = MoR1ELinear(nn.Linear(6, 4).to(dtype), mor1e.MoR1EConfig.authors(r1=2, r2=2))
