@@ -263,6 +263,8 @@ MOR1E_CHOICES = {
     "parameterization": ("authors", "normalised"),
     "intuition_map": ("linear", "softmax"),
     "router_init": ("zeros", "random"),
+    "intuition_score": ("dot", "cosine"),
+    "adapter_dtype": ("fp32", "base"),
     "output_gate": ("sigmoid", "scalar", "none"),
     "share_routers": (True, False),
     "use_intuition": (True, False),
@@ -423,7 +425,8 @@ register(Method(
     space_params=frozenset({"expert_shape", "r1", "r2", "num_clusters", "router_temperature", "top_k",
                             "token_coef", "intuition_coef", "output_gate", "aux_loss_coef", "use_intuition",
                             "use_token_router", "parameterization", "gate_sharpness", "gate_init",
-                            "intuition_map", "router_init", "share_routers"}),
+                            "intuition_map", "router_init", "share_routers", "intuition_score",
+                            "adapter_dtype"}),
     choices=MOR1E_CHOICES, uses_intuition=lambda c: c.use_intuition, has_routers=True,
     num_experts=lambda c: c.r1 * c.r2, num_clusters=lambda c: c.num_clusters,
     save_adapter=_save_wrapped, order=60, in_default_study=True,
@@ -441,8 +444,8 @@ register(Method(
 register(Method(
     name="molora", config=_molora_config, apply=_wrap, space="molora",
     space_params=frozenset({"num_experts", "rank", "alpha", "alpha_ratio", "router_temperature", "top_k",
-                            "aux_loss_coef"}),
-    has_routers=True, num_experts=lambda c: c.num_experts, save_adapter=_save_wrapped, order=50, baseline=True,
+                            "aux_loss_coef", "adapter_dtype"}),
+    choices={"adapter_dtype": ("fp32", "base")}, has_routers=True, num_experts=lambda c: c.num_experts, save_adapter=_save_wrapped, order=50, baseline=True,
     in_default_study=True,
 ))
 register(Method(

@@ -6,8 +6,8 @@ means, so that a row trained on the synthetic twins can never pass for one train
 
 - ``data_source`` (JSON): the twins' generator, seed and sizes; a local data dir with the sha256
   of every split file the trial read; or the hub ids, configs and revisions;
-- ``budget_json`` (JSON): steps or epochs, batch, limits, warmup, scoring format, sequence length
-  and, in a parameter-matched study, the band of trainable parameters;
+- ``budget_json`` (JSON): steps or epochs, batch, limits, warmup, scoring format, sequence length,
+  how the answer loss is averaged (``loss_reduction``) and, in a parameter-matched study, the band of trainable parameters;
 - ``scoring_precision``: the dtype the selection and report scoring ran in.
 """
 
@@ -134,7 +134,7 @@ def trial_budget(cfg, *, total_steps: int | None = None, band: tuple[int, int] |
         "effective_batch": cfg.effective_batch(), "warmup_steps": cfg.warmup_steps, "schedule": cfg.schedule,
         "eval_every": cfg.eval_every, "train_limit": cfg.train_limit, "selection_limit": cfg.selection_limit,
         "report_limit": cfg.report_limit, "scoring": cfg.scoring, "max_seq_len": cfg.max_seq_len,
-        "dtype": cfg.dtype,
+        "dtype": cfg.dtype, "loss_reduction": cfg.loss_reduction,
     }
     if band is not None:
         budget["param_band"] = [int(band[0]), int(band[1])]

@@ -236,7 +236,7 @@ def _check_values(method: str, p: Param, where: str, max_clusters: int | None) -
         if p.name == "expert_shape":
             parse_shape(v, where)
             continue
-        if p.name in ("top_k",) and v is None:
+        if p.name in ("top_k", "num_clusters") and v is None:  # num_clusters None: k = E (the authors')
             continue
         choices = registry.get(method).choices
         if p.name in choices:

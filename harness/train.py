@@ -111,20 +111,25 @@ def prepare_data(cfg: TrialConfig, *, embed_cache_dir: str | os.PathLike | None 
     scores: list = [None, None, None]
     intuition: dict = {}
     if uses_intuition(cfg.method, cfg.hparams):
-        k = method_config(cfg.method, cfg.hparams).num_clusters
-        scores = intuition_scores([train, selection, report], k=k, seed=cfg.seed, cache_dir=embed_cache_dir,
-                                  keep=intuition)
+        config = method_config(cfg.method, cfg.hparams)
+        scores = intuition_scores([train, selection, report], k=config.num_clusters, seed=cfg.seed,
+                                  cache_dir=embed_cache_dir, score=config.intuition_score, embedder=cfg.embedder,
+                                  trust_remote_code=cfg.embedder_trust_remote_code, keep=intuition)
     return TrialData(train=train, selection=selection, report=report, train_scores=scores[0],
                      selection_scores=scores[1], report_scores=scores[2],
                      total_steps=cfg.total_steps(len(train)), intuition=intuition or None)
 
 
-def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=None, keep: dict | None = None) -> list:
+def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=None, score: str = "dot",
+                     embedder: str | None = None, trust_remote_code: bool = False,
+                     keep: dict | None = None) -> list:
     """Cluster scores s (n, k) for each set: k-means on the first set's embeddings (the training mixture).
     ``keep``: if given, receives ``centroids`` (k, d), which an exported adapter carries.
 
     T-REX §3.2: the intuition of an instance is its similarity to each of k
-    centroids of the training instances' sentence embeddings.
+    centroids of the training instances' sentence embeddings; ``score`` is how
+    (``mor1e.intuition.cluster_scores``: "dot", the authors' ``centroids @ emb``, or "cosine");
+    ``embedder`` which sentence embedder (None: the packaged all-MiniLM-L6-v2).
     """
     from mor1e.intuition import cluster_scores, embed_texts, kmeans
 
@@ -135,11 +140,12 @@ def intuition_scores(example_sets: list[list], *, k: int, seed: int, cache_dir=N
     train = example_sets[0]
     if len(train) < k:
         raise ValueError(f"num_clusters={k} is more than the {len(train)} training examples")
-    embeddings = [embed_texts([e.text for e in s], cache_dir=cache_dir) if s else None for s in example_sets]
+    embeddings = [embed_texts([e.text for e in s], cache_dir=cache_dir, embedder=embedder,
+                              trust_remote_code=trust_remote_code) if s else None for s in example_sets]
     centroids = kmeans(embeddings[0], k, seed=seed)
     if keep is not None:
         keep["centroids"] = centroids
-    return [None if e is None else cluster_scores(e, centroids) for e in embeddings]
+    return [None if e is None else cluster_scores(e, centroids, score) for e in embeddings]
 
 
 # ---------------------------------------------------------------- running

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.trial import TrialConfig
+from harness.trial import LOSS_REDUCTIONS, TrialConfig
 
 
 def lr_multiplier(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -123,8 +123,13 @@ def collate(encoded: list[tuple[list[int], int]], pad_id: int, *, left: bool = T
     return Batch(input_ids, attention, labels, position_ids, keep)
 
 
-def answer_loss(model, batch: Batch, keep_arg: str | None):
-    """Mean cross-entropy over the answer tokens of a batch: the loss of ``model(labels=...)``.
+def answer_loss(model, batch: Batch, keep_arg: str | None, reduction: str = "token"):
+    """Cross-entropy over the answer tokens of a batch.
+
+    ``reduction``: "token" is the mean over every answer token of the batch (the loss of
+    ``model(labels=...)``, as the authors train), so an example weighs as much as it has answer
+    tokens; "example" is the mean over examples of each example's mean over its own answer
+    tokens, so a one-token " yes" weighs as much as a ten-token answer beside it.
 
     A left-padded batch asks the model for logits at its last ``keep + 1``
     positions only (``keep_arg``, e.g. ``logits_to_keep``): every answer token
@@ -133,14 +138,28 @@ def answer_loss(model, batch: Batch, keep_arg: str | None):
     """
     import torch.nn.functional as F
 
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got {reduction!r}")
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if batch.position_ids is None or keep_arg is None:
-        return model(**kwargs, labels=batch.labels).loss
-    kwargs["position_ids"] = batch.position_ids
-    kwargs[keep_arg] = batch.keep + 1
-    logits = model(**kwargs).logits[:, :-1].float()
-    targets = batch.labels[:, -batch.keep:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        if reduction == "token":
+            return model(**kwargs, labels=batch.labels).loss
+        if batch.position_ids is not None:
+            kwargs["position_ids"] = batch.position_ids
+        logits = model(**kwargs).logits[:, :-1].float()
+        targets = batch.labels[:, 1:]
+    else:
+        kwargs["position_ids"] = batch.position_ids
+        kwargs[keep_arg] = batch.keep + 1
+        logits = model(**kwargs).logits[:, :-1].float()
+        targets = batch.labels[:, -batch.keep:]
+    if reduction == "token":
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    # (B, T) per-token losses, 0 off the answer; each row's mean over its own answer tokens.
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    counts = (targets != -100).sum(-1)
+    per_example = per_token.sum(-1) / counts.clamp(min=1)
+    return per_example[counts > 0].mean()
 
 
 def cpu_has_bf16_matmul() -> bool:

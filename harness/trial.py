@@ -16,6 +16,7 @@ from typing import Any
 from harness.data import DATASETS, FORMATS, resolve_datasets
 
 SCHEDULES = ("cosine", "linear", "constant")
+LOSS_REDUCTIONS = ("token", "example")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 SCORING_DTYPES = ("fp32", "bf16", "auto")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -76,6 +77,10 @@ class TrialConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     """Gradient clipping (DeepSpeed ``gradient_clipping``); 0 disables it."""
+    loss_reduction: str = "token"
+    """How the answer tokens' cross-entropy is averaged (``harness.training.answer_loss``): "token",
+    the mean over every answer token of the micro-batch (the authors'), or "example", the mean over
+    examples of each one's mean over its own answer tokens (a one-token answer weighs as much as a long one)."""
     max_seq_len: int = 512
     """Training sequences longer than this lose context tokens from the left (the answer is kept)."""
     dtype: str = "auto"
@@ -114,6 +119,12 @@ class TrialConfig:
     """Model init (tiny preset), adapter init and the mixture's shuffle."""
     split_seed: int = 0
     """Carves selection out of train; fixed across trials so every trial is selected on the same examples."""
+    embedder: str | None = None
+    """The sentence embedder behind MoR1E's intuition scores: None is the packaged all-MiniLM-L6-v2
+    (offline); otherwise a local directory or a sentence-transformers hub id (the authors':
+    ``nomic-ai/nomic-embed-text-v1``). Mean pooling and L2 normalisation either way."""
+    embedder_trust_remote_code: bool = False
+    """Let a hub embedder run its own code (nomic-embed-text-v1 needs it)."""
     data_dir: str | None = None
     """DATA_DIR/<dataset>/<split>.jsonl|parquet; None: the HF hub (needs the network)."""
     max_failures: int = 1
@@ -156,6 +167,8 @@ class TrialConfig:
         _number("min_lr_ratio", self.min_lr_ratio, low=0.0, low_inclusive=True, high=1.0)
         _number("weight_decay", self.weight_decay, low=0.0, low_inclusive=True)
         _number("max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=True)
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got {self.loss_reduction!r}")
         _positive_int("max_seq_len", self.max_seq_len)
         if self.max_seq_len < 8:
             raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
@@ -186,6 +199,10 @@ class TrialConfig:
             raise ValueError("dtype fp16 needs a GPU; use fp32, bf16 or auto on CPU")
         _positive_int("seed", self.seed, allow_zero=True)
         _positive_int("split_seed", self.split_seed, allow_zero=True)
+        if self.embedder is not None and (not isinstance(self.embedder, str) or not self.embedder):
+            raise ValueError(f"embedder must be null or a non-empty string (a directory or a hub id), got {self.embedder!r}")
+        if not isinstance(self.embedder_trust_remote_code, bool):
+            raise ValueError(f"embedder_trust_remote_code must be true or false, got {self.embedder_trust_remote_code!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             self.data_dir = str(self.data_dir)
         _positive_int("max_failures", self.max_failures, allow_zero=True)

@@ -324,7 +324,7 @@ def train_loop_per_worker(config: dict) -> None:
             # The routers' load-balancing loss counts this micro-batch's real tokens only; every
             # layer sees the full (B, T) batch, so the attention mask applies as it is.
             with mor1e.token_mask(module, batch.attention_mask):
-                lm_loss = answer_loss(engine, batch, opts["keep_arg"] if left_pad else None)
+                lm_loss = answer_loss(engine, batch, opts["keep_arg"] if left_pad else None, cfg.loss_reduction)
                 # The load-balancing term (0 unless an aux_loss_coef is set) joins the LM loss.
                 loss = lm_loss + mor1e.aux_loss(module).to(lm_loss.device)
             # A non-finite loss or gradient norm stops the trial at once: nothing after it is trained or scored.

@@ -1,6 +1,6 @@
 """mor1e: Mixture-of-Rank-1-Experts adapters (T-REX, arXiv 2404.08985) and baselines.
 
-    model = mor1e.wrap(model, mor1e.MoR1EConfig.authors(num_clusters=8))   # the published layer
+    model = mor1e.wrap(model, mor1e.MoR1EConfig.authors())   # the published layer: 4×8 experts, k = E = 32
     with mor1e.intuition(model, scores), mor1e.token_mask(model, batch["attention_mask"]):
         loss = model(**batch).loss + mor1e.aux_loss(model)
     mor1e.save_adapter(model, "out/adapter")

@@ -7,8 +7,13 @@ Format versions of ``adapter_config.json``:
 
 - 1: MoR1E meant the normalised variant; ``output_gate`` was a bool (a raw scalar or none), and
   there were no ``gate_sharpness``, ``intuition_map`` or ``router_init`` fields.
-- 2: the MoR1E fields of ``MoR1EConfig`` today, whose defaults are the authors' layer.  A version 1
-  config loads with the values version 1 meant (``V1_MOR1E``) for the fields it lacks.
+- 2: the MoR1E fields of ``MoR1EConfig`` whose defaults are the authors' layer, before
+  ``intuition_score``.  A version 1 config loads with the values version 1 meant (``V1_MOR1E``)
+  for the fields it lacks.
+- 3: MoR1E's ``intuition_score`` (the authors' "dot" by default) and, for MoR1E and MoLoRA,
+  ``adapter_dtype`` ("fp32" by default).  Versions 1 and 2 were trained on cosine scores with
+  adapters in the base's dtype, so they load with ``intuition_score: cosine`` and
+  ``adapter_dtype: base`` (``V2_MOR1E``, ``V2_MOLORA``).
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ from mor1e.wrap import _lora_fields, adapter_config, adapter_parameters, wrap
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _METHODS = {"mor1e": MoR1EConfig, "molora": MoLoRAConfig}
 # What a version 1 MoR1E config meant for the fields it did not have.
 V1_MOR1E = {"gate_sharpness": 1.0, "intuition_map": "softmax", "router_init": "random"}
+# What a version 1 or 2 MoR1E config meant for the fields version 3 added.
+V2_MOR1E = {"intuition_score": "cosine", "adapter_dtype": "base"}
+V2_MOLORA = {"adapter_dtype": "base"}
 
 
 def _upgrade_mor1e_v1(fields: dict) -> dict:
@@ -123,6 +131,8 @@ def read_adapter_config(directory):
         raise ValueError(f"{path}: no adapter config")
     if method == "mor1e" and version == 1:
         fields = _upgrade_mor1e_v1(fields)
+    if version <= 2 and method in ("mor1e", "molora"):
+        fields = {**(V2_MOR1E if method == "mor1e" else V2_MOLORA), **fields}
     if method in _METHODS:
         return _METHODS[method].from_dict(fields)
     if method == "lora":

@@ -57,15 +57,17 @@ class _Serialisable:
 # G = 32·ω·softmax(W_r x / τ) + 4·(1−ω)·M(s), ω = sigmoid(100·w_ω), out = sigmoid(100·w_o)·B(Gᵀ(A x)).
 AUTHORS = dict(
     token_coef=32.0, intuition_coef=4.0, gate_sharpness=100.0, intuition_map="linear",
-    router_init="zeros", output_gate="sigmoid", share_routers=False,
+    router_init="zeros", output_gate="sigmoid", share_routers=False, intuition_score="dot",
 )
 # This project's earlier variant: a convex mixture of two distributions, G = ω·softmax(W_r x / τ) +
 # (1−ω)·softmax(W_p s + b_p), ω = sigmoid(w), a randomly initialised token router and no output gate.
 NORMALISED = dict(
     token_coef=1.0, intuition_coef=1.0, gate_sharpness=1.0, intuition_map="softmax",
-    router_init="random", output_gate="none", share_routers=False,
+    router_init="random", output_gate="none", share_routers=False, intuition_score="cosine",
 )
 INTUITION_MAPS = ("linear", "softmax")
+INTUITION_SCORES = ("dot", "cosine")
+ADAPTER_DTYPES = ("fp32", "base")
 ROUTER_INITS = ("zeros", "random")
 OUTPUT_GATES = ("sigmoid", "scalar", "none")
 
@@ -101,8 +103,11 @@ class MoR1EConfig(_Serialisable):
     """Columns of B: the second factor of the expert grid."""
     num_experts: int | None = None
     """Optional E; when given it must equal r1·r2 (a guard for search spaces)."""
-    num_clusters: int = 8
-    """k: number of intuition clusters, the input size of the intuition map M."""
+    num_clusters: int | None = None
+    """k: number of intuition clusters, the input size of the intuition map M.  None (the authors'):
+    k = E = r1·r2, so M is the identity and each expert reads one cluster's score (they ran 32
+    clusters for 4×8).  Any other k is a named option: a bias-free linear map k → E, trained here
+    (their mapper was frozen and never saved, so their k ≠ E path cannot be reproduced as they ran it)."""
     router_temperature: float = 1.0
     """τ in softmax(W_r x / τ); lower is sharper.  The authors' layer has τ = 1."""
     top_k: int | None = None
@@ -125,7 +130,16 @@ class MoR1EConfig(_Serialisable):
     """Initial w_ω; 0 starts at ω = 0.5 (the authors')."""
     intuition_map: str = AUTHORS["intuition_map"]
     """M, from k cluster scores to E expert weights.  "linear" (the authors'): the identity when
-    k == E, else a bias-free linear map k → E (trained).  "softmax" (normalised): softmax(W_p s + b_p)."""
+    k == E, else a bias-free linear map k → E, trained here.  (The authors' k ≠ E mapper,
+    ``rank1_flex_mapper``, lacks the ``lora_`` prefix and is not in ``modules_to_save``: it stays
+    at its random init, is not saved, and is drawn afresh when their evaluation builds the model.)
+    "softmax" (normalised): softmax(W_p s + b_p)."""
+    intuition_score: str = AUTHORS["intuition_score"]
+    """How s is computed from an example's embedding (``mor1e.intuition.cluster_scores``): "dot" (the
+    authors': ``centroids @ emb``, centroids as k-means returns them, so a loose cluster scores lower)
+    or "cosine" (centroids renormalised; the normalised variant's).  The layer reads s as given;
+    this field tells whoever computes s (``harness.train.intuition_scores``) how, and is saved with
+    the adapter so scores for it can be made again."""
     router_init: str = AUTHORS["router_init"]
     """Token router W_r at init: "zeros" (the authors': routing starts uniform) or "random"
     (nn.Linear's default init)."""
@@ -137,6 +151,11 @@ class MoR1EConfig(_Serialisable):
     aux_loss_coef: float = 0.0
     """Weight of the Switch-style load-balancing loss on the token router (``mor1e.aux_loss``:
     coef × the mean over routers of each router's loss on its own real tokens); 0 disables it."""
+    adapter_dtype: str = "fp32"
+    """Precision of the adapter.  "fp32" (the authors' and peft's): on a half-precision base (fp16,
+    bf16) A, B, routers, gates and the map are fp32 parameters, and the update is computed in fp32
+    with autocast off (x cast to fp32, the update cast back to the base output's dtype); fp32 and
+    fp64 bases keep their own dtype.  "base": everything in the base weight's dtype, under autocast."""
 
     def __post_init__(self) -> None:
         _check_int("r1", self.r1)
@@ -148,6 +167,8 @@ class MoR1EConfig(_Serialisable):
                 raise ValueError(
                     f"num_experts must equal r1*r2 = {self.r1}*{self.r2} = {experts}, got {self.num_experts}"
                 )
+        if self.num_clusters is None:
+            self.num_clusters = experts  # k = E: the authors' identity map
         _check_int("num_clusters", self.num_clusters)
         _check_positive("router_temperature", self.router_temperature)
         _check_bool("use_token_router", self.use_token_router)
@@ -169,9 +190,11 @@ class MoR1EConfig(_Serialisable):
         ):
             raise ValueError(f"gate_init must be a finite number, got {self.gate_init!r}")
         _check_choice("intuition_map", self.intuition_map, INTUITION_MAPS)
+        _check_choice("intuition_score", self.intuition_score, INTUITION_SCORES)
         _check_choice("router_init", self.router_init, ROUTER_INITS)
         _check_choice("output_gate", self.output_gate, OUTPUT_GATES)
         _check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)
+        _check_choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         self.target_modules = _check_targets(self.target_modules)
 
     @classmethod
@@ -213,6 +236,9 @@ class MoLoRAConfig(_Serialisable):
     """Module names to wrap; None = every attention and MLP projection of the architecture."""
     aux_loss_coef: float = 0.0
     """Weight of the Switch-style load-balancing loss; 0 disables it."""
+    adapter_dtype: str = "fp32"
+    """As ``MoR1EConfig.adapter_dtype``: "fp32" keeps A, B and the router in fp32 on a half-precision
+    base and computes the update in fp32 with autocast off; "base" uses the base weight's dtype."""
 
     def __post_init__(self) -> None:
         _check_int("num_experts", self.num_experts)
@@ -224,4 +250,5 @@ class MoLoRAConfig(_Serialisable):
             if self.top_k > self.num_experts:
                 raise ValueError(f"top_k must be <= num_experts = {self.num_experts}, got {self.top_k}")
         _check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)
+        _check_choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         self.target_modules = _check_targets(self.target_modules)

@@ -298,6 +298,7 @@ class ProjectionGroup:
         if cfg.use_intuition and scores is None:
             raise MissingIntuitionError()
         like = param(members[0], "mor1e_A")
+        x = x.to(like.dtype)  # the adapter's own precision (adapter_dtype); a no-op when they agree
         coeffs = None if self.table is None else self.table.lookup(self, lo, hi, scores, like, x.dim())
         if coeffs is None:
             coeffs = coefficients(members, routers, None, scores, like, max(x.dim() - 2, 0))

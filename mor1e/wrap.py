@@ -18,7 +18,16 @@ from transformers.pytorch_utils import Conv1D
 
 from mor1e.config import MoLoRAConfig, MoR1EConfig
 from mor1e.fused import ForwardTable, ProjectionGroup
-from mor1e.layers import ADAPTER_MARKER, MoLoRALinear, MoLoRARouter, MoR1ELinear, MoR1ERouter, linear_features
+from mor1e.layers import (
+    ADAPTER_MARKER,
+    MoLoRALinear,
+    MoLoRARouter,
+    MoR1ELinear,
+    MoR1ERouter,
+    HALF_DTYPES,
+    adapter_dtype,
+    linear_features,
+)
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
@@ -103,6 +112,11 @@ def wrap(model: nn.Module, config) -> nn.Module:
         short = sorted({n.rsplit(".", 1)[-1] for n in targets})
         config = LoraConfig(**{**_lora_fields(config), "target_modules": short})
         inject_adapter_in_model(config, model)
+        # peft's get_peft_model upcasts a half-precision base's LoRA weights to fp32
+        # (autocast_adapter_dtype); inject_adapter_in_model leaves them in the base's dtype.
+        for name, param in model.named_parameters():
+            if _PEFT_MARKER in name and param.dtype in HALF_DTYPES:
+                param.data = param.data.float()
     elif isinstance(config, MoR1EConfig):
         _wrap_mor1e(model, config)
     elif isinstance(config, MoLoRAConfig):
@@ -151,7 +165,7 @@ def _wrap_mor1e(model: nn.Module, config: MoR1EConfig) -> None:
             parent = model.get_submodule(parent_name) if parent_name else model
             weight = getattr(parent, first).weight
             router = MoR1ERouter(linear_features(getattr(parent, first))[0], config,
-                                 dtype=weight.dtype, device=weight.device)
+                                 dtype=adapter_dtype(config, weight.dtype), device=weight.device)
             router.shared = True
             # Registered once, on the module that owns the projections.
             parent.add_module(f"{ADAPTER_MARKER}router_" + "_".join(n.rsplit(".", 1)[-1] for n in names), router)

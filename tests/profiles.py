@@ -28,7 +28,7 @@ def tiny_profile(**changes) -> dict:
         "resources": {"num_workers": 1, "zero_stage": 0, "ray_num_cpus": 8},
         "training": {"steps": 4, "batch_size": 4, "eval_every": 2, "warmup_steps": 1, "train_limit": 32,
                      "selection_limit": 8, "report_limit": 8},
-        "overrides": {"mor1e": {"num_clusters": {"low": 2, "high": 4}}},
+        "overrides": {"mor1e": {"num_clusters": {"role": "scientific", "type": "int", "low": 2, "high": 4}}},
     }
     data.update(changes)
     return data

@@ -18,17 +18,49 @@ def test_kmeans_recovers_well_separated_groups():
     emb, labels = blobs()
     centroids = kmeans(emb, 4, seed=0)
     assert centroids.shape == (4, 16) and centroids.dtype == np.float32
-    assigned = cluster_scores(emb, centroids).argmax(1)
+    assigned = cluster_scores(emb, centroids, "cosine").argmax(1)
     # each true group maps to exactly one cluster and vice versa
     pairs = {(int(a), int(b)) for a, b in zip(labels, assigned)}
     assert len(pairs) == 4 and len({b for _, b in pairs}) == 4
     assert np.array_equal(kmeans(emb, 4, seed=0), centroids)
 
 
-def test_cluster_scores_are_cosine_similarities():
+def test_authors_scores_are_raw_centroids_dot_unit_embeddings():
+    """component/dataset.py: ``relate_score = self.centroids @ emb``, emb unit-norm (nomic, L2),
+    centroids straight from k-means.  Reference: sklearn's KMeans and explicit sums."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(3)
+    # unit vectors around two directions: one tight cluster, one loose (shorter mean)
+    axis = np.eye(8)
+    tight = axis[0] + rng.normal(size=(20, 8)) * 0.05
+    loose = axis[1] + rng.normal(size=(20, 8)) * 0.8
+    emb = np.concatenate([tight, loose])
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    centroids = kmeans(emb, 2, seed=0)
+    reference_centroids = KMeans(n_clusters=2, n_init=3, random_state=0).fit(emb).cluster_centers_
+    assert np.allclose(centroids, reference_centroids, atol=1e-6)  # not renormalised
+    scores = cluster_scores(emb, centroids)
+    for i in (0, 5, 25, 39):
+        for j in range(2):
+            expected = sum(float(centroids[j, d]) * float(emb[i, d]) for d in range(8))
+            assert scores[i, j] == pytest.approx(expected, abs=1e-6)
+    # the loose cluster's centroid is shorter, so its own members score lower than cosine says
+    norms = np.linalg.norm(centroids, axis=1)
+    loose_j = int(np.argmin(norms))
+    assert norms[loose_j] < 0.9
+    members = scores.argmax(1) == loose_j
+    cosine = cluster_scores(emb, centroids, "cosine")
+    assert np.allclose(scores[:, loose_j], cosine[:, loose_j] * norms[loose_j], atol=1e-6)
+    assert (scores[members, loose_j] < cosine[members, loose_j]).all()
+    with pytest.raises(ValueError, match="score must be one of"):
+        cluster_scores(emb, centroids, "euclid")
+
+
+def test_cosine_scores_are_cosine_similarities():
     emb, _ = blobs(k=3, per=5)
     centroids = kmeans(emb, 3)
-    scores = cluster_scores(emb[:7], centroids)
+    scores = cluster_scores(emb[:7], centroids, "cosine")
     assert scores.shape == (7, 3)
     i, j = 2, 1
     a, c = emb[i], centroids[j]
@@ -100,3 +132,24 @@ def test_intuition_module_is_also_the_context_manager():
         assert torch.equal(layer.router.intuition_scores, s)
     assert layer.router.intuition_scores is None
     assert mor1e.intuition.embed_texts is embed_texts
+
+
+def test_embedder_is_a_directory_or_a_hub_id(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from harness.trial import TrialConfig
+    from mor1e.intuition import resolve_embedder
+
+    texts = ["The cat sat on the mat.", "Revenue grew."]
+    packaged = packaged_embedder_path()
+    assert resolve_embedder(None) == packaged == resolve_embedder(str(packaged))
+    assert np.array_equal(embed_texts(texts, embedder=str(packaged)), embed_texts(texts))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_embedder(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="nomic-ai/nomic-embed-text-v1"):
+        embed_texts(texts, embedder="nomic-ai/nomic-embed-text-v1")
+    assert TrialConfig(method="mor1e", embedder="nomic-ai/nomic-embed-text-v1").embedder.startswith("nomic")
+    with pytest.raises(ValueError, match="embedder"):
+        TrialConfig(method="mor1e", embedder="")

@@ -2,6 +2,7 @@
 intuition, which parameters train, load balancing over real tokens, and adapter format upgrades."""
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -53,6 +54,20 @@ def test_harness_parameterization_hparam_selects_the_constructor():
     assert got == mor1e.MoR1EConfig.normalised(num_clusters=5, token_coef=2.0)
     with pytest.raises(ValueError, match="parameterization"):
         method_config("mor1e", {"parameterization": "published"})
+
+
+def test_authors_cluster_count_is_the_expert_count_with_the_identity_map():
+    # trex_train.sh: a 32-cluster centroid file and rank allocation 4 8, no router mapping.
+    for config in (mor1e.MoR1EConfig.authors(), method_config("mor1e", {})):
+        assert (config.r1, config.r2, config.num_clusters) == (4, 8, 32) and config.intuition_is_identity
+        assert isinstance(mor1e.MoR1ERouter(6, config).prior, nn.Identity)
+    # k follows E when only the grid changes; any other k is asked for by name and maps k -> E
+    assert mor1e.MoR1EConfig.authors(r1=2, r2=4).num_clusters == 8
+    assert method_config("mor1e", {"r1": 8, "r2": 8}).num_clusters == 64
+    other = mor1e.MoR1EConfig.authors(num_clusters=8)
+    assert not other.intuition_is_identity
+    prior = mor1e.MoR1ERouter(6, other).prior
+    assert isinstance(prior, nn.Linear) and tuple(prior.weight.shape) == (32, 8) and prior.bias is None
 
 
 # ---------------------------------------------------------------- reference maths
@@ -270,12 +285,13 @@ def test_format_1_adapter_loads_as_the_normalised_layer_it_was(tiny, tmp_path):
     with torch.no_grad(), mor1e.intuition(model, scores):
         trained = model(**ids).logits
     mor1e.save_adapter(model, tmp_path)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["format_version"] == mor1e.FORMAT_VERSION == 2
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["format_version"] == mor1e.FORMAT_VERSION == 3
     # what format 1 wrote for this layer: its own fields only, output_gate a bool
-    old = {k: v for k, v in config.to_dict().items() if k not in ("gate_sharpness", "intuition_map", "router_init")}
+    old = {k: v for k, v in config.to_dict().items()
+           if k not in ("gate_sharpness", "intuition_map", "router_init", "intuition_score", "adapter_dtype")}
     old["output_gate"] = True
     _as_format_1(tmp_path, old)
-    assert mor1e.read_adapter_config(tmp_path) == config
+    assert mor1e.read_adapter_config(tmp_path) == dataclasses.replace(config, adapter_dtype="base")
     loaded = mor1e.load_adapter(base, tmp_path)
     with torch.no_grad(), mor1e.intuition(loaded, scores):
         assert torch.equal(loaded(**ids).logits, trained)
@@ -283,13 +299,29 @@ def test_format_1_adapter_loads_as_the_normalised_layer_it_was(tiny, tmp_path):
     assert mor1e.read_adapter_config(tmp_path).output_gate == "none"
 
 
+def test_format_2_adapter_loads_with_the_cosine_scores_it_was_trained_on(tiny, tmp_path):
+    model, _ = fresh(tiny)
+    config = mor1e.MoR1EConfig.authors(num_clusters=8, target_modules=["q_proj"])
+    mor1e.wrap(model, config)
+    mor1e.save_adapter(model, tmp_path)
+    path = tmp_path / "adapter_config.json"
+    record = json.loads(path.read_text())
+    assert (record["config"]["intuition_score"], record["config"]["adapter_dtype"]) == ("dot", "fp32")
+    for field in ("intuition_score", "adapter_dtype"):  # what format 2 wrote
+        del record["config"][field]
+    path.write_text(json.dumps({**record, "format_version": 2}))
+    assert mor1e.read_adapter_config(tmp_path) == mor1e.MoR1EConfig.authors(
+        num_clusters=8, target_modules=["q_proj"], intuition_score="cosine", adapter_dtype="base")
+
+
 def test_unknown_format_version_is_refused(tiny, tmp_path):
     model, _ = fresh(tiny)
     mor1e.wrap(model, mor1e.MoR1EConfig(target_modules=["q_proj"]))
     mor1e.save_adapter(model, tmp_path)
     record = json.loads((tmp_path / "adapter_config.json").read_text())
-    (tmp_path / "adapter_config.json").write_text(json.dumps({**record, "format_version": 3}))
-    with pytest.raises(ValueError, match="format_version 3"):
+    newer = mor1e.FORMAT_VERSION + 1
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**record, "format_version": newer}))
+    with pytest.raises(ValueError, match=f"format_version {newer}"):
         mor1e.read_adapter_config(tmp_path)
 
 

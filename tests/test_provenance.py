@@ -97,6 +97,8 @@ def test_budget_and_scoring_precision():
         "warmup_steps": 7, "train_limit": 200, "selection_limit": 64, "report_limit": 9, "scoring": "cloze",
         "max_seq_len": 128, "param_band": [10, 20], "param_matched": True}
     assert "param_band" not in trial_budget(cfg)
+    assert budget["loss_reduction"] == "token"
+    assert trial_budget(TrialConfig(method="lora", loss_reduction="example"))["loss_reduction"] == "example"
     assert scoring_precision({"precision": "bf16"}, method="lora", use_gpu=False) == "fp32"  # CPU scores in fp32
     assert scoring_precision({"precision": "bf16"}, method="lora", use_gpu=True) == "bf16"  # GPU: the trained dtype
     assert scoring_precision({"precision": "fp32"}, method="zeroshot", use_gpu=True) == "fp32"
@@ -155,7 +157,8 @@ def test_profile_hash_ignores_key_order_and_comments_but_not_values(tmp_path):
     path = tmp_path / "b.yaml"
     path.write_text("# a comment\n" + yaml.safe_dump(reordered, sort_keys=False))
     assert build_plan(args_for(str(path), tmp_path / "r")).profile_sha256() == a
-    changed = tiny_profile(overrides={"mor1e": {"num_clusters": {"low": 2, "high": 5}}})
+    changed = tiny_profile(overrides={"mor1e": {"num_clusters": {"role": "scientific", "type": "int",
+                                                                 "low": 2, "high": 5}}})
     assert build_plan(args_for(write_profile(tmp_path / "c.yaml", changed), tmp_path / "r")).profile_sha256() != a
 
 

@@ -48,7 +48,8 @@ BAD = [
      "router temperature (tau) must be > 0"),
     (lambda t: ["--config", _profile(t, overrides__lora={"learning_rate": {"role": "fixed", "value": -1e-3}})],
      "lr must be > 0"),
-    (lambda t: ["--config", _profile(t, data__n_train=10, overrides__mor1e={"num_clusters": {"low": 4, "high": 200}})],
+    (lambda t: ["--config", _profile(t, data__n_train=10, overrides__mor1e={
+        "num_clusters": {"role": "scientific", "type": "int", "low": 4, "high": 200}})],
      "200 clusters exceed the 112 training examples"),
     (lambda t: ["--data-dir", str(t / "missing")], "data dir"),
     (lambda t: ["--study", "a b"], "study name"),

@@ -68,10 +68,18 @@ def test_paper_profile_centres_on_the_authors_settings():
     t = p.training
     assert t["epochs"] == 3 and t["warmup_steps"] == 100 and t["max_seq_len"] == 2048
     assert t["batch_size"] * t["grad_accum"] * p.resources["num_workers"] == 256
+    # the authors' recipe wherever the profile fixes a value (train_args/llama2-13b-trex.json)
+    assert (t["batch_size"], t["grad_accum"], t["schedule"], t["min_lr_ratio"]) == (4, 8, "cosine", 0.0)
+    assert (t["max_grad_norm"], t["weight_decay"], t["loss_reduction"]) == (0.3, 0.0, "token")
+    assert t["embedder"] == "nomic-ai/nomic-embed-text-v1" and t["embedder_trust_remote_code"] is True
+    from harness.trial import TrialConfig
+
+    fields = {k: v for k, v in t.items() if k not in ("eval_every",)}
+    TrialConfig(method="mor1e", **fields)  # every fixed value is one a trial accepts
     mor1e = p.spaces["mor1e"].params
     assert mor1e["learning_rate"].low < 5e-5 < mor1e["learning_rate"].high
     assert "4x8" in mor1e["expert_shape"].choices
-    assert mor1e["num_clusters"].low < 32 < mor1e["num_clusters"].high
+    assert mor1e["num_clusters"].role == "fixed" and mor1e["num_clusters"].value is None  # k = E = 32
 
 
 def test_expand_params_maps_shapes_and_lora_alpha():
@@ -96,7 +104,9 @@ def test_expand_params_maps_shapes_and_lora_alpha():
     (dict(overrides__mor1e={"router_temperature": {"low": 0, "high": 1, "log": False}}), "tau"),
     (dict(overrides__lora={"learning_rate": {"low": -1e-3, "high": 1e-3, "log": False}}), "lr must be > 0"),
     (dict(overrides__dense={"learning_rate": {"value": 0.0}}), "lr must be > 0"),
-    (dict(overrides__mor1e={"num_clusters": {"low": 4, "high": 5000}}), "clusters exceed"),
+    (dict(overrides__mor1e={"num_clusters": {"role": "scientific", "type": "int", "low": 4, "high": 5000}}),
+     "clusters exceed"),
+    (dict(overrides__mor1e={"num_clusters": {"low": 4, "high": 32}}), "num_clusters is fixed"),
     (dict(overrides__mor1e={"rank": {"role": "fixed", "value": 2}}), "unknown key 'rank'"),
     (dict(trials_per_method=0), "trials_per_method"),
     (dict(final__seeds=[0, 0]), "without repeats"),

@@ -39,7 +39,7 @@ def _profile(path: Path, **changes) -> str:
         "resources": {"num_workers": 1, "zero_stage": 0, "ray_num_cpus": 8},
         "training": {"steps": 4, "batch_size": 4, "eval_every": 2, "warmup_steps": 1, "train_limit": 32,
                      "selection_limit": 8, "report_limit": 8, "torch_threads": 1},
-        "overrides": {"mor1e": {"num_clusters": {"low": 2, "high": 4}}},
+        "overrides": {"mor1e": {"num_clusters": {"role": "scientific", "type": "int", "low": 2, "high": 4}}},
         "param_budget": {"match": "mor1e", "at": {"expert_shape": "4x8", "share_routers": False, "num_clusters": 4},
                          "tolerance": 0.3},
     }

@@ -223,6 +223,35 @@ def test_answer_only_loss_equals_the_full_model_loss(tokenizer, method, hparams)
         torch.testing.assert_close(fast_grads[name], g, rtol=1e-3, atol=1e-6, msg=name)
 
 
+def test_example_reduction_weighs_every_example_alike(tokenizer):
+    """loss_reduction "example": the mean over examples of each one's mean answer-token loss, on the
+    left-padded fast path and the right-padded full path alike; "token" weighs answers by length."""
+    import torch
+
+    from harness.evaluate import forward_options
+    from harness.models import load_model
+
+    model, _ = load_model("tiny-random-llama", seed=0)
+    pairs = [("Q: is the sky blue?\nAnswer:", " yes"), ("Premise: a man sleeps. So", " he rests in a chair now"),
+             ("Pick the odd one out: cat dog car\nAnswer:", " car")]
+    encoded = [encode_training_example(tokenizer, p, t, max_seq_len=64) for p, t in pairs]
+    keep_arg = forward_options(model)["keep_arg"]
+    with torch.no_grad():
+        alone = [float(answer_loss(model, collate([e], 0, left=False), None)) for e in encoded]
+        sizes = [len(ids) - n_ctx for ids, n_ctx in encoded]
+        by_example = sum(alone) / len(alone)
+        by_token = sum(a * n for a, n in zip(alone, sizes)) / sum(sizes)
+        assert abs(by_example - by_token) > 1e-3  # the two reductions differ on this batch
+        for left, arg in ((True, keep_arg), (False, None)):
+            batch = collate(encoded, 0, left=left)
+            assert float(answer_loss(model, batch, arg, "example")) == pytest.approx(by_example, rel=1e-5)
+            assert float(answer_loss(model, batch, arg, "token")) == pytest.approx(by_token, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        answer_loss(model, collate(encoded, 0), keep_arg, "sum")
+    with pytest.raises(ValueError, match="loss_reduction"):
+        TrialConfig(method="lora", loss_reduction="sum")
+
+
 def test_mean_accuracy_weighs_datasets_equally():
     per = {"a": {"accuracy": 1.0, "n_examples": 100}, "b": {"accuracy": 0.0, "n_examples": 2}}
     assert mean_accuracy(per) == 0.5

@@ -214,7 +214,7 @@ def conflict_separation(examples: Sequence[Example], pairs: Sequence[tuple[str, 
     out = {}
     for k in ks:
         centroids = kmeans(embeddings, k, seed=seed)
-        assignments = np.argmax(cluster_scores(embeddings, centroids), axis=1).tolist()  # nearest by cosine
+        assignments = np.argmax(cluster_scores(embeddings, centroids, "cosine"), axis=1).tolist()  # nearest by cosine
         for a, b in pairs:
             out[(a, b, k)] = pair_purity(assignments, owners, a, b)
     return out

@@ -2,7 +2,7 @@
 
     python -m harness.data.learncheck [--datasets all] [--steps 48] [--batch-size 8] [--lr 3e-3]
         [--n-train 64] [--train-limit 52] [--report 64] [--format cloze] [--rank 8] [--threads 2]
-        [--method lora|mor1e|molora] [--hparams JSON] [--seed S] [--json]
+        [--method lora|mor1e|molora] [--hparams JSON] [--seed S] [--loss-reduction token|example] [--json]
 
 A plain loop without Ray or DeepSpeed, built from the trial's own pieces: the twins
 are written as the default study writes them (``--n-train`` rows per train split, the
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="lora", choices=("lora", "mor1e", "molora"))
     p.add_argument("--hparams", default=None,
                    help="JSON hyperparameters of --method (default for lora: rank and alpha from --rank)")
+    p.add_argument("--loss-reduction", default="token", choices=("token", "example"),
+                   help="mean over the batch's answer tokens, or over examples of each one's token mean")
     p.add_argument("--json", action="store_true", help="also print one JSON line with every accuracy")
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="twin seed, LoRA init and batch order")
@@ -76,8 +78,9 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
     hparams = _hparams(args)
     train_scores = report_scores = None
     if uses_intuition(args.method, hparams):
-        k = method_config(args.method, hparams).num_clusters
-        train_scores, report_scores = intuition_scores([train, report], k=k, seed=args.seed)
+        config = method_config(args.method, hparams)
+        train_scores, report_scores = intuition_scores([train, report], k=config.num_clusters, seed=args.seed,
+                                                       score=config.intuition_score)
     model, tokenizer = load_model(args.model)
     model.eval()
     t0 = time.perf_counter()
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
                             rank=0, world=1)
         if train_scores is not None:
             mor1e.set_intuition(model, torch.from_numpy(train_scores[idx]))
-        loss = answer_loss(model, collate([encoded[i] for i in idx], pad_id, left=True), keep_arg)
+        loss = answer_loss(model, collate([encoded[i] for i in idx], pad_id, left=True), keep_arg,
+                           args.loss_reduction)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
           f"mean gain {100 * sum(gains) / len(gains):+.1f} points")
     if args.json:
         print(json.dumps({"method": args.method, "hparams": _hparams(args), "lr": args.lr, "seed": args.seed,
-                          "steps": args.steps, "accuracy": {d: r[2] for d, r in results.items()},
+                          "steps": args.steps, "loss_reduction": args.loss_reduction, "accuracy": {d: r[2] for d, r in results.items()},
                           "zero_shot": {d: r[1] for d, r in results.items()}}))
     return 0
 
