@@ -61,7 +61,7 @@ BOOL_PARAMS = ("share_routers", "use_intuition", "use_token_router", "output_gat
 PROFILE_KEYS = {
     "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
-    "param_budget",
+    "param_budget", "storage",
 }
 BUDGET_KEYS = {"match", "params", "tolerance", "at", "model_config"}
 DEFAULT_TOLERANCE = 0.25
@@ -393,6 +393,8 @@ def parse_profile(
     if not all(c.isalnum() or c in "-_." for c in raw["study"]):
         raise ConfigError(f"{source}: study name {raw['study']!r} may use only letters, digits, '-', '_', '.'")
 
+    if "storage" in raw and (not isinstance(raw["storage"], str) or not raw["storage"]):
+        raise ConfigError(f"{source}: storage must be a path or URI (e.g. s3://bucket/prefix), got {raw['storage']!r}")
     try:
         raw["datasets"] = list(resolve_datasets(raw.get("datasets", "all")))
     except ValueError as e:
