@@ -68,7 +68,7 @@ DEFAULT_TOLERANCE = 0.25
 DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
 SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "trial_seed", "scheduler", "grace_period",
                "reduction_factor", "metric"}
-FINAL_KEYS = {"seeds"}
+FINAL_KEYS = {"seeds", "keep"}
 RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries",
                  "measure_unit"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
@@ -83,7 +83,7 @@ MOR1E_CHOICES = {
     "use_token_router": (True, False),
 }
 SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
-                "num_workers", "use_gpu", "zero_stage", "scored_roles"}
+                "num_workers", "use_gpu", "zero_stage", "scored_roles", "keep"}  # keep: final.keep
 
 
 class ConfigError(ValueError):
@@ -449,6 +449,8 @@ def parse_profile(
         _positive_int(s, f"{source}: final.seeds", minimum=0)
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ConfigError(f"{source}: final.seeds must be a non-empty list without repeats")
+    if final.get("keep", "none") not in ("final", "none"):
+        raise ConfigError(f"{source}: final.keep must be final or none, got {final['keep']!r}")
     raw["final"] = final
     # Search trials train with a seed no final run uses: a final number never reuses a chosen run.
     search.setdefault("trial_seed", max(seeds) + 1)

@@ -98,3 +98,60 @@ def test_checkpoint_examples_are_read_from_the_storage_not_a_local_path(s3_env, 
     assert [r["example_id"] for r in got] == ["e0", "e1", "e2"] and got[1]["gold"] == 1
     with pytest.raises(MissingCheckpoint, match="not in storage s3://studies/read"):
         read_checkpoint_examples(storage, storage.join("t2", "checkpoint_0"))
+
+
+def _plan(tmp_path, config="default", **changes):
+    import argparse
+
+    from harness.study.plan import build_plan
+
+    args = argparse.Namespace(config=config, results_dir=str(tmp_path / "results"), data_dir=None, study=None,
+                              address=None, resume=False, show_plan=True, storage=None)
+    args.__dict__.update(changes)
+    return build_plan(args)
+
+
+def test_expected_disk_of_the_default_study_is_within_its_bounds(tmp_path):
+    from harness.study.disk import STATE_BYTES_PER_PARAM, expected_disk
+
+    plan = _plan(tmp_path)
+    disk = expected_disk(plan)
+    dense = disk["per_method"]["dense"]
+    assert dense["trained_params"] > 100e6 and dense["state_bytes"] == STATE_BYTES_PER_PARAM * dense["trained_params"]
+    # resumable: false and final.keep: none -> no state at an evaluation, no dense weights kept.
+    assert dense["trial_peak_bytes"] == 0 and dense["kept_bytes"] == 0
+    adapters = [disk["per_method"][m] for m in ("mor1e", "lora", "molora")]
+    assert all(0 < m["kept_bytes"] < 40e6 for m in adapters)
+    assert disk["end_bytes"] == 2 * sum(m["kept_bytes"] for m in adapters)  # two final seeds
+    assert disk["end_bytes"] <= 1.5e9 and disk["peak_bytes"] < 3e9
+    # With resumable state at the first evaluation, two dense search trials at once would hold 2 x 1.6 GB.
+    plan.profile.training["resumable"] = True
+    resumable = expected_disk(plan, trainable={m: v["trained_params"] for m, v in disk["per_method"].items()},
+                              total_params=dense["trained_params"])
+    assert resumable["peak_bytes"] - resumable["end_bytes"] == 2 * dense["state_bytes"] > 3e9
+
+
+def test_a_recorded_trial_leaves_only_a_final_runs_kept_checkpoint(tmp_path):
+    from harness.study.disk import prune_trial, run_path
+
+    plan = _plan(tmp_path)
+
+    def run(trial_id):
+        root = Path(run_path(plan, trial_id))
+        for name in ("checkpoint_1/step24/mp_rank_00_model_states.pt", "checkpoint_2/adapter/a.safetensors",
+                     "checkpoint_2/predictions.parquet", "checkpoint_manager_snapshot.json"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(b"x" * 100)
+        return root
+
+    search = run("s1")
+    assert prune_trial(plan, "s1", phase="search", method="lora", checkpoint_path=str(search / "checkpoint_2")) == 400
+    assert not search.exists()
+    final = run("f1")
+    assert prune_trial(plan, "f1", phase="final", method="lora", checkpoint_path=str(final / "checkpoint_2")) == 200
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()) == [
+        "checkpoint_2/adapter/a.safetensors", "checkpoint_2/predictions.parquet"]
+    dense = run("f2")  # final.keep: none in the default profile
+    prune_trial(plan, "f2", phase="final", method="dense", checkpoint_path=str(dense / "checkpoint_2"))
+    assert not dense.exists()
+    prune_trial(plan, "gone", phase="search", method="lora", checkpoint_path=None)  # nothing there: no error

@@ -272,8 +272,10 @@ def recorded_outcomes(plan: Plan) -> dict[str, tuple[str, str | None, dict]]:
     return out
 
 
-def reconcile(plan: Plan, grid, *, default_seed: int) -> None:
-    """Record finished trials the callback missed (a kill between Tune's snapshot and the append)."""
+def reconcile(plan: Plan, grid, *, default_seed: int, recorded=None) -> None:
+    """Record finished trials the callback missed (a kill between Tune's snapshot and the append).
+
+    ``recorded(trial_id, config, metrics)``: called after each trial recorded here."""
     done = _recorded(plan)
     for result in grid:
         trial_id = Path(result.path).name
@@ -281,6 +283,8 @@ def reconcile(plan: Plan, grid, *, default_seed: int) -> None:
             continue
         error = one_line(result.error) if result.error is not None else None
         record_trial(plan, trial_id, result.config, result.metrics or {}, error, default_seed=default_seed).save(plan)
+        if recorded is not None:
+            recorded(trial_id, result.config, result.metrics or {})
 
 
 def _recorded(plan: Plan) -> set[str]:

@@ -97,8 +97,13 @@ class Plan:
             zero_stage=p.resources["zero_stage"],
             scored_roles=PHASE_ROLES[phase],
         )
+        # Once a run ends nothing trains on from it: its last checkpoint keeps what the phase needs
+        # (harness.study.disk): a final run its trained tensors, an adapter's always, dense's if final.keep says.
+        keep = "none"
         if phase == "final":
-            kwargs.update(eval_every=0, checkpoint_every=None)
+            kwargs.update(eval_every=0)
+            keep = "final" if method in ADAPTERS else p.final.get("keep", "none")
+        kwargs["keep"] = keep
         return kwargs
 
     def resolved_profile(self) -> dict:

@@ -156,6 +156,7 @@ class RecordAndReport(Callback):
         outcome.save(self.plan)
         status, reason = outcome.status, outcome.reason
         method, phase = trial.config["method"], trial.config["phase"]
+        prune(self.plan, trial.trial_id, trial.config, result)
         score = result.get(METRIC) if status == "completed" and phase == "search" else None
         progress.finished(trial.trial_id, status, method, score)
         report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
@@ -165,6 +166,17 @@ class RecordAndReport(Callback):
                       + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and phase != "search"
                          else "") + routing_note(result))
         progress.line(progress.status())
+
+
+def prune(plan: Plan, trial_id: str, config: dict, result: dict) -> None:
+    """Once a trial is recorded its checkpoints go (harness.study.disk); a failure to delete is a line, not a stop."""
+    from harness.study.disk import prune_trial
+
+    try:
+        prune_trial(plan, trial_id, phase=config["phase"], method=config["method"],
+                    checkpoint_path=result.get("checkpoint_path"))
+    except OSError as exc:
+        current().line(f"trial {trial_id}: its checkpoints stay in {plan.storage.uri} ({' '.join(str(exc).split())})")
 
 
 def _name(trial) -> str:
@@ -238,4 +250,5 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
             ),
         )
     grid = tuner.fit()
-    reconcile(plan, grid, default_seed=default_seed)
+    reconcile(plan, grid, default_seed=default_seed, recorded=lambda trial_id, config, metrics:
+              prune(plan, trial_id, config, metrics))
