@@ -58,7 +58,9 @@ def test_a_full_storage_fails_the_trial_with_the_reason_and_the_study_goes_on(tm
     from harness.records import read_rows
 
     rows = read_rows(results / "leaderboard.parquet").to_pandas()
-    preds = read_rows(results / "predictions.parquet").to_pandas()
+    import pyarrow.parquet as pq
+
+    preds = pq.read_table(results / "predictions.parquet").to_pandas()
     reference = rows[rows.phase == "reference"]
     assert set(reference.status) == {"completed"} and len(reference) == 4  # 2 datasets x selection, report
     for r in reference.itertuples():

@@ -174,7 +174,15 @@ def trial_error(trial) -> str:
     text = ""
     with contextlib.suppress(OSError, TypeError):
         text = Path(trial.error_file).read_text()
-    return error_line(text or str(getattr(trial, "error_msg", "") or ""))
+    text = text or str(getattr(trial, "error_msg", "") or "")
+    line = error_line(text)
+    # A full disk (a checkpoint that could not be written) says so first, whatever wrapped it.
+    if _NO_SPACE.search(text) and not _NO_SPACE.search(line):
+        line = f"no space left on device ({line})"[:300]
+    return line
+
+
+_NO_SPACE = re.compile(r"No space left on device|ENOSPC|\[Errno 28\]", re.I)
 
 
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Failure|Interrupt|Exit)\w*)(: .*)?$")
