@@ -1,7 +1,8 @@
 """Run a study: Ray Tune + Optuna pick trials, each trial a Ray Train job; results go to the leaderboard.
 
     python harness/search.py [--config FILE|PROFILE] [--address ADDR] [--resume [--accept-changed-profile]]
-                             [--results-dir DIR] [--data-dir DIR] [--study NAME] [--show-plan]
+                             [--results-dir DIR] [--data-dir DIR] [--storage URI] [--study NAME]
+                             [--show-plan]
 
 Layers (Ray's train/tune interop pattern): the *worker* loop lives in
 harness.worker and reads only its TrialConfig; the *driver* function
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="with --resume: continue although the profile's hash changed (rows record the old hash)")
     ap.add_argument("--results-dir", default="results", help="where the leaderboard and study state go")
     ap.add_argument("--data-dir", default=None, help="DATA_DIR/<dataset>/<split>.jsonl (overrides the profile's data)")
+    ap.add_argument("--storage", default=None,
+                    help="Ray's storage for trials and checkpoints: a local or shared directory, or s3://bucket/prefix "
+                         "(default: the profile's storage, else inside the results dir); see docs/cluster.md")
     ap.add_argument("--study", default=None, help="study name (default: the profile's)")
     ap.add_argument("--show-plan", action="store_true",
                     help="check the profile, print its parameter band and profile hash, and exit (starts nothing)")

@@ -69,19 +69,19 @@ BOOL_PARAMS = ("share_routers", "use_intuition", "use_token_router", "output_gat
 PROFILE_KEYS = {
     "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
-    "param_budget", "plugins",
+    "param_budget", "plugins", "storage",
 }
 BUDGET_KEYS = {"match", "params", "tolerance", "at", "model_config"}
 DEFAULT_TOLERANCE = 0.25
 DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
 SEARCH_KEYS = {"algorithm", "quasi_random_trials", "seed", "trial_seed", "scheduler", "grace_period",
                "reduction_factor", "metric"}
-FINAL_KEYS = {"seeds"}
+FINAL_KEYS = {"seeds", "keep"}
 RESOURCE_KEYS = {"num_workers", "use_gpu", "zero_stage", "ray_num_cpus", "trial_timeout_s", "trial_retries",
                  "measure_unit"}
 # Keys of `training:` the search itself sets per trial; a profile may not.
 SEARCH_OWNED = {"method", "model", "datasets", "hparams", "learning_rate", "seed", "data_dir",
-                "num_workers", "use_gpu", "zero_stage", "scored_roles", "plugins"}
+                "num_workers", "use_gpu", "zero_stage", "scored_roles", "plugins", "keep"}  # keep: final.keep
 
 
 class ConfigError(ValueError):
@@ -404,6 +404,8 @@ def parse_profile(
     if not all(c.isalnum() or c in "-_." for c in raw["study"]):
         raise ConfigError(f"{source}: study name {raw['study']!r} may use only letters, digits, '-', '_', '.'")
 
+    if "storage" in raw and (not isinstance(raw["storage"], str) or not raw["storage"]):
+        raise ConfigError(f"{source}: storage must be a path or URI (e.g. s3://bucket/prefix), got {raw['storage']!r}")
     try:
         raw["datasets"] = list(resolve_datasets(raw.get("datasets", "all")))
     except ValueError as e:
@@ -471,6 +473,8 @@ def parse_profile(
         _positive_int(s, f"{source}: final.seeds", minimum=0)
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ConfigError(f"{source}: final.seeds must be a non-empty list without repeats")
+    if final.get("keep", "none") not in ("final", "none"):
+        raise ConfigError(f"{source}: final.keep must be final or none, got {final['keep']!r}")
     raw["final"] = final
     # Search trials train with a seed no final run uses: a final number never reuses a chosen run.
     search.setdefault("trial_seed", max(seeds) + 1)

@@ -172,7 +172,7 @@ def _progress_line(m: dict) -> str:
 
 
 def run_trial(cfg: TrialConfig, *, name: str, storage_path: str | os.PathLike, callbacks: Iterable = (),
-              progress: bool = False, data=None) -> dict[str, Any]:
+              progress: bool = False, data=None, storage_filesystem=None) -> dict[str, Any]:
     """Run one trial as a Ray Train job (Ray must be initialised, or is started embedded); return its final metrics.
 
     Reported metrics (every report; Tune sees them through TuneReportCallback):
@@ -188,6 +188,8 @@ def run_trial(cfg: TrialConfig, *, name: str, storage_path: str | os.PathLike, c
     The returned dict is that last report plus ``checkpoint_path``,
     ``run_path``, ``use_gpu`` and ``wall_s``. A run whose name already exists
     under ``storage_path`` resumes from its last checkpoint (Ray Train V2).
+    ``storage_filesystem``: a pyarrow file system ``storage_path`` lies in (e.g. S3); None: a local path.
+    ``checkpoint_path`` is then a path in that file system, to read through it.
     Raises ``ray.train.TrainingFailedError`` when the workers fail more than
     ``cfg.max_failures`` times.
     """
@@ -229,6 +231,7 @@ def run_trial(cfg: TrialConfig, *, name: str, storage_path: str | os.PathLike, c
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             callbacks=callbacks,

@@ -18,6 +18,7 @@ from harness.data import DATASETS, FORMATS, resolve_datasets
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_REDUCTIONS = ("token", "example")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+KEEP = ("state", "final", "none")  # what a run's last checkpoint holds (TrialConfig.keep)
 SCORING_DTYPES = ("fp32", "bf16", "auto")
 ZERO_STAGES = (0, 1, 2, 3)
 SCORED_ROLES = ("selection", "report")
@@ -102,10 +103,18 @@ class TrialConfig:
     scored_roles: tuple[str, ...] = ("selection", "report")
     """What the trial scores: ``selection`` at every evaluation and at the end, ``report`` at the end.
     A study's search trials score selection only (they choose); its final runs report only (they publish)."""
-    checkpoint_every: int | None = None
-    """Steps between checkpoints; None: at every evaluation. Each checkpoint is reported with its metrics."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept in storage (the newest ones)."""
+    resumable: bool = True
+    """Evaluations before the last one save the DeepSpeed state (weights, optimizer, step) beside their
+    predictions, for a restarted run to resume from. False: they save their predictions only, and a
+    restarted run starts over (a dense SmolLM2 state is 1.6 GB; a 2-minute run is cheaper to redo)."""
+    keep_checkpoints: int = 1
+    """Checkpoints Ray keeps in storage while the run goes on (the newest ones; each evaluation saves one,
+    reported with its metrics). One is enough to resume: a new one is complete before the older goes."""
+    keep: str = "state"
+    """What the run's last checkpoint holds besides its predictions. ``state``: the DeepSpeed state too (and
+    an adapter's export), to train on from; ``final``: only the trained tensors (the adapter, or a dense
+    run's weights); ``none``: nothing else. A study keeps ``none`` for search runs and ``final`` for an
+    adapter's final runs (``final.keep`` of the profile for dense)."""
     eval_batch_size: int = 16
     scoring: str = "letter"
     """Prompt format for training and scoring: letter or cloze (harness.data.FORMATS)."""
@@ -185,7 +194,10 @@ class TrialConfig:
         if not self.scored_roles or not set(self.scored_roles) <= set(SCORED_ROLES) \
                 or len(set(self.scored_roles)) != len(self.scored_roles):
             raise ValueError(f"scored_roles must name selection and/or report once each, got {self.scored_roles!r}")
-        _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
+        if not isinstance(self.resumable, bool):
+            raise ValueError(f"resumable must be true or false, got {self.resumable!r}")
+        if self.keep not in KEEP:
+            raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         _positive_int("keep_checkpoints", self.keep_checkpoints)
         _positive_int("eval_batch_size", self.eval_batch_size)
         if self.scoring not in FORMATS:

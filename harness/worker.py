@@ -14,7 +14,9 @@ metrics with a DeepSpeed checkpoint saved on every rank (so ZeRO-3 shards are
 complete); rank 0 adds the evaluation's per-example predictions
 (``harness.predictions.EXAMPLES_FILE``) to it. A restarted worker group resumes
 from the newest reported checkpoint; the data order is a function of the step
-(``harness.training``), so it resumes exactly. A non-finite loss or gradient
+(``harness.training``), so it resumes exactly. The last checkpoint of a run holds the
+state only if ``TrialConfig.keep`` is ``state``; otherwise just the trained tensors (``final``)
+or nothing (``none``) beside the predictions, and a restart from it reports it again and ends. A non-finite loss or gradient
 norm ends the run at once, reported as diverged, with a checkpoint that holds
 no weights, so nothing trains on from it.
 """
@@ -55,6 +57,10 @@ from harness.trial import TrialConfig
 FAULT_PROBE_WAIT_S = 60.0
 # The marker a diverged run's last checkpoint holds instead of weights.
 DIVERGED_FILE = "diverged.json"
+# The marker (its last metrics) of a finished run whose last checkpoint holds no resumable state (TrialConfig.keep).
+FINISHED_FILE = "finished.json"
+# Where a last checkpoint keeps the trained tensors (TrialConfig.keep: final): an adapter, or dense weights.
+ADAPTER_DIR, WEIGHTS_DIR = "adapter", "weights"
 
 
 @dataclass
@@ -273,14 +279,18 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            marker = Path(ckpt_dir) / DIVERGED_FILE
-            if marker.exists():  # a diverged run ends as it ended; its weights are never trained on
-                diverged = json.loads(marker.read_text())
-                ray.train.report(diverged, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
-                return
-            _, client = engine.load_checkpoint(ckpt_dir, load_module_strict=dense)
-        state.update({k: client[k] for k in state if k in client})
-        state["resumed_from_step"] = client["step"]
+            for name in (DIVERGED_FILE, FINISHED_FILE):
+                marker = Path(ckpt_dir) / name
+                if marker.exists():  # a diverged or finished run ends as it ended; nothing trains on from it
+                    ray.train.report(json.loads(marker.read_text()),
+                                     checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
+                    return
+            client = None
+            if (Path(ckpt_dir) / "latest").exists():  # else an evaluation of a run that is not resumable
+                _, client = engine.load_checkpoint(ckpt_dir, load_module_strict=dense)
+        if client is not None:
+            state.update({k: client[k] for k in state if k in client})
+            state["resumed_from_step"] = client["step"]
     for key, seconds in this_attempt.items():  # summed over attempts, as train_time_s is
         state[key] += seconds
 
@@ -298,11 +308,22 @@ def train_loop_per_worker(config: dict) -> None:
 
     def save_and_report(metrics: dict, predictions: list[dict], *, final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="mor1e-ckpt-") as tmp:
-            engine.save_checkpoint(tmp, tag=f"step{state['step']}", client_state=dict(state),
-                                   exclude_frozen_parameters=not dense)
-            if final and get(cfg.method).save_adapter is not None:
-                _export_adapter(module, Path(tmp) / "adapter", rank=rank, zero3=cfg.zero_stage == 3,
-                                save=functools.partial(get(cfg.method).save_adapter, **(data.intuition or {})))
+            if not final and not cfg.resumable:
+                pass  # predictions only: a restart starts over
+            elif final and cfg.keep != "state":
+                # The run is over and nothing trains on from it: no optimizer state (12 bytes a
+                # trained parameter), only what cfg.keep asks for and a marker a restart ends on.
+                if cfg.keep == "final":
+                    _export_trained(module, Path(tmp), method=cfg.method, rank=rank, zero3=cfg.zero_stage == 3,
+                                    intuition=data.intuition)
+                if rank == 0:
+                    (Path(tmp) / FINISHED_FILE).write_text(json.dumps(metrics, default=float))
+            else:
+                engine.save_checkpoint(tmp, tag=f"step{state['step']}", client_state=dict(state),
+                                       exclude_frozen_parameters=not dense)
+                if final and get(cfg.method).save_adapter is not None:
+                    _export_trained(module, Path(tmp), method=cfg.method, rank=rank, zero3=cfg.zero_stage == 3,
+                                    intuition=data.intuition)
             if rank == 0 and predictions:
                 write_examples(Path(tmp) / EXAMPLES_FILE, predictions)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -499,6 +520,28 @@ def _export_adapter(module, directory: Path, *, rank: int, zero3: bool, save) ->
     with gathered:
         if rank == 0:
             save(module, directory)
+
+
+def _export_trained(module, directory: Path, *, method: str, rank: int, zero3: bool,
+                    intuition: dict | None = None) -> None:
+    """The trained tensors alone: an adapter (the method's own save_adapter, which carries the
+    intuition centroids it was trained with) or a dense run's weights (safetensors)."""
+    save_adapter = get(method).save_adapter
+    if save_adapter is not None:
+        _export_adapter(module, directory / ADAPTER_DIR, rank=rank, zero3=zero3,
+                        save=functools.partial(save_adapter, **(intuition or {})))
+        return
+    from safetensors.torch import save_model
+
+    gathered = contextlib.nullcontext()
+    if zero3:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered:
+        if rank == 0:
+            (directory / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
+            save_model(module, str(directory / WEIGHTS_DIR / "model.safetensors"))  # tied tensors once
 
 
 def _evaluate_only(model, tokenizer, data: TrialData, cfg: TrialConfig, rank, world, comm, trainable_params,

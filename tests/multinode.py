@@ -187,6 +187,10 @@ class LoopbackCluster:
     subnet: str = field(default_factory=lambda: f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.")
     gcs_port: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
+    # Node name -> a command the node's supervisor runs under (e.g. `unshare -m ...` for a private mount namespace).
+    node_prefix: dict[str, list[str]] = field(default_factory=dict)
+    # `ray start` tries per node: on an overloaded machine a node can miss Ray's fixed 30 s start-up window.
+    start_attempts: int = 2
 
     @property
     def head_ip(self) -> str:
@@ -241,7 +245,7 @@ class LoopbackCluster:
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
         with open(node.log_path, "ab") as log:
             node.supervisor = subprocess.Popen(
-                [sys.executable, "-c", _SUPERVISOR, *args],
+                [*self.node_prefix.get(name, []), sys.executable, "-c", _SUPERVISOR, *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=temp_dir, start_new_session=True,
             )
@@ -249,7 +253,7 @@ class LoopbackCluster:
         return node
 
     def start_head(self, num_cpus: int, resources: dict | None = None) -> RayNode:
-        node = self._start_retrying("head", num_cpus, True, resources)
+        node = self._start_retrying("head", num_cpus, True, resources, attempts=self.start_attempts)
         self.wait_for_nodes(1, timeout=120)
         return node
 
@@ -281,7 +285,7 @@ class LoopbackCluster:
         raise TimeoutError(f"node {node.name} not started after {timeout:.0f}s:\n{node.log_tail()}")
 
     def add_worker(self, name: str, num_cpus: int, resources: dict | None = None) -> RayNode:
-        node = self._start_retrying(name, num_cpus, False, resources)
+        node = self._start_retrying(name, num_cpus, False, resources, attempts=self.start_attempts)
         self.wait_for_nodes(len(self.nodes), timeout=120)
         return node
 

@@ -143,6 +143,10 @@ def test_aws_cluster_shape():
     assert config["file_mounts"] == {"~/mor1e": "."} and (REPO / ".gitignore").exists()
     assert ".gitignore" in config["rsync_filter"]
     assert any("make install" in c for c in config["setup_commands"])
+    # Nodes share no disk: the GPU nodes reach the study's S3 storage through an instance role (no keys),
+    # and the documented study command names that storage.
+    assert all(t["node_config"].get("IamInstanceProfile") for t in workers.values())
+    assert "--storage s3://" in (REPO / "cluster.yaml").read_text()
 
 
 def test_local_cluster_shape():

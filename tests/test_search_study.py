@@ -292,11 +292,7 @@ def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(tmp_path):
     for reason in search.status_reason:
         assert re.fullmatch(r"diverged: non-finite (loss|gradient norm) \(\S+\) at step \d+", reason), reason
     assert (search.role != "report").all()
-    # Not restarted: each trial's Train run ends in a checkpoint that holds the marker and no weights.
+    # Not restarted (the reasons above name no restart), and once recorded its checkpoints are gone.
     for trial_id in search.trial_id.unique():
-        checkpoints = sorted(p for p in (results / "ray" / "nan" / "train" / trial_id).glob("checkpoint_*")
-                             if p.is_dir())
-        assert checkpoints, trial_id
-        last = checkpoints[-1]
-        assert (last / "diverged.json").exists() and not list(last.rglob("*model_states.pt"))
+        assert not (results / "ray" / "nan" / "train" / trial_id).exists(), trial_id
     assert "final: lora has no completed search trial" in run.stdout

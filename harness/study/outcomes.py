@@ -12,11 +12,12 @@ import contextlib
 import dataclasses
 import json
 import math
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
 
-from harness.predictions import EXAMPLES_FILE, append_predictions, identified, read_examples
+from harness.predictions import EXAMPLES_FILE, append_predictions, identified
 from harness.records import TELEMETRY_KEYS, append_rows, device_seconds, read_rows, row_template
 from harness import methods as registry
 from harness.searchspace import KNOWN_DATASETS, num_experts
@@ -107,14 +108,36 @@ def trial_predictions(plan: Plan, *, method: str, trial_id: str, phase: str, see
     """The per-example predictions behind a trial's ``roles`` rows, with the trial's identity.
 
     The worker leaves them in the checkpoint of each report (``EXAMPLES_FILE``); the last report's
-    checkpoint holds the evaluation the rows summarise. A replayed (resumed) trial has none here:
-    its predictions were recorded with it.
+    checkpoint holds the evaluation the rows summarise. It is read through the study's storage file
+    system (the checkpoint was written on whichever node ran the trial). A replayed (resumed) trial
+    has none here: its predictions were recorded with it. Raises MissingCheckpoint when the
+    checkpoint is not in the storage.
     """
     path = metrics.get("checkpoint_path")
     if not path:
         return []
-    rows = [r for r in read_examples(Path(path) / EXAMPLES_FILE) if r["role"] in roles]
+    rows = [r for r in read_checkpoint_examples(plan.storage, path) if r["role"] in roles]
     return identified(rows, study=plan.study, trial_id=trial_id, phase=phase, method=method, seed=seed)
+
+
+class MissingCheckpoint(RuntimeError):
+    """A trial's reported checkpoint is not in the study's storage (written to another node's disk)."""
+
+
+def read_checkpoint_examples(storage, checkpoint_path: str) -> list[dict]:
+    """The per-example rows in the checkpoint at ``checkpoint_path`` of ``storage`` (a Storage)."""
+    import pyarrow.parquet as pq
+
+    from harness.predictions import EXAMPLE_COLUMNS
+
+    if not storage.exists(checkpoint_path):
+        raise MissingCheckpoint(
+            f"checkpoint {checkpoint_path} is not in storage {storage.uri}: it was written on another node's "
+            "disk; give every node the same storage (--storage s3://... or a shared directory)")
+    examples = posixpath.join(checkpoint_path, EXAMPLES_FILE)
+    if not storage.exists(examples):
+        return []
+    return pq.read_table(examples, filesystem=storage.filesystem, columns=list(EXAMPLE_COLUMNS)).to_pylist()
 
 
 @dataclasses.dataclass
@@ -152,7 +175,15 @@ def trial_error(trial) -> str:
     text = ""
     with contextlib.suppress(OSError, TypeError):
         text = Path(trial.error_file).read_text()
-    return error_line(text or str(getattr(trial, "error_msg", "") or ""))
+    text = text or str(getattr(trial, "error_msg", "") or "")
+    line = error_line(text)
+    # A full disk (a checkpoint that could not be written) says so first, whatever wrapped it.
+    if _NO_SPACE.search(text) and not _NO_SPACE.search(line):
+        line = f"no space left on device ({line})"[:300]
+    return line
+
+
+_NO_SPACE = re.compile(r"No space left on device|ENOSPC|\[Errno 28\]", re.I)
 
 
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Failure|Interrupt|Exit)\w*)(: .*)?$")
@@ -210,8 +241,15 @@ def record_trial(plan: Plan, trial_id: str, config: dict, result: dict, error: s
     rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status,
                          status_reason=reason, learning_rate=learning_rate, hparams=hparams, seed=seed,
                          metrics=result, roles=roles, wall_s=result.get("time_total_s"))
-    predictions = trial_predictions(plan, method=method, trial_id=trial_id, phase=phase, seed=seed,
-                                    metrics=result, roles=roles)
+    try:
+        predictions = trial_predictions(plan, method=method, trial_id=trial_id, phase=phase, seed=seed,
+                                        metrics=result, roles=roles)
+    except (MissingCheckpoint, OSError) as exc:
+        # Numbers without the predictions behind them are not recorded as a result.
+        status, reason, predictions = "failed", f"predictions unreadable: {one_line(exc)}", []
+        rows = trial_records(plan, method=method, trial_id=trial_id, phase=phase, status=status,
+                             status_reason=reason, learning_rate=learning_rate, hparams=hparams, seed=seed,
+                             metrics=result, roles=(), wall_s=result.get("time_total_s"))
     return Outcome(status, reason, rows, predictions)
 
 
@@ -243,8 +281,10 @@ def recorded_outcomes(plan: Plan) -> dict[str, tuple[str, str | None, dict]]:
     return out
 
 
-def reconcile(plan: Plan, grid, *, default_seed: int) -> None:
-    """Record finished trials the callback missed (a kill between Tune's snapshot and the append)."""
+def reconcile(plan: Plan, grid, *, default_seed: int, recorded=None) -> None:
+    """Record finished trials the callback missed (a kill between Tune's snapshot and the append).
+
+    ``recorded(trial_id, config, metrics)``: called after each trial recorded here."""
     done = _recorded(plan)
     for result in grid:
         trial_id = Path(result.path).name
@@ -252,6 +292,8 @@ def reconcile(plan: Plan, grid, *, default_seed: int) -> None:
             continue
         error = one_line(result.error) if result.error is not None else None
         record_trial(plan, trial_id, result.config, result.metrics or {}, error, default_seed=default_seed).save(plan)
+        if recorded is not None:
+            recorded(trial_id, result.config, result.metrics or {})
 
 
 def _recorded(plan: Plan) -> set[str]:

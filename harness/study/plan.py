@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import leaderboard
+from harness import methods as registry
 from harness.predictions import PREDICTIONS_FILE
 from harness.records import read_rows
 from harness.searchspace import ConfigError, Profile, Space, expand_params, load_profile
@@ -44,7 +45,23 @@ class Plan:
     """The parameter band of a parameter-matched study (``param_budget``), with every adapter's sizes."""
     profile_override: str | None = None
     """Set when --resume accepted a changed profile: the profile hash the study ran under before."""
+    storage_uri: str | None = None
+    """Ray's storage for trials and checkpoints (--storage, or the profile's ``storage:``); None: in the results dir."""
     _memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def storage(self):
+        """The study's checkpoint storage (harness.study.storage.Storage); trials go under ``<study>/train``."""
+        if "storage" not in self._memo:
+            from harness.study.storage import resolve_storage
+
+            self._memo["storage"] = resolve_storage(self.storage_uri, self.results_dir / "ray")
+        return self._memo["storage"]
+
+    @property
+    def train_storage_path(self) -> str:
+        """Where the study's Train runs (one per trial, named by trial id) keep their checkpoints."""
+        return self.storage.join(self.study, "train")
 
     @property
     def leaderboard_path(self) -> Path:
@@ -82,14 +99,20 @@ class Plan:
             zero_stage=p.resources["zero_stage"],
             scored_roles=PHASE_ROLES[phase],
         )
+        # Once a run ends nothing trains on from it: its last checkpoint keeps what the phase needs
+        # (harness.study.disk): a final run its trained tensors, an adapter's always, dense's if final.keep says.
+        keep = "none"
         if phase == "final":
-            kwargs.update(eval_every=0, checkpoint_every=None)
+            kwargs.update(eval_every=0)
+            keep = "final" if registry.get(method).role == "adapter" else p.final.get("keep", "none")
+        kwargs["keep"] = keep
         return kwargs
 
     def resolved_profile(self) -> dict:
         """The profile as the study runs it: every default filled in, each method's space after the
         profile's overrides and the parameter band, and the band itself. What the profile hash covers."""
-        raw = {k: v for k, v in self.profile.raw.items() if k != "description"}
+        # Where checkpoints go (storage) changes no number, so it is not part of the hash.
+        raw = {k: v for k, v in self.profile.raw.items() if k not in ("description", "storage")}
         spaces = {m: {name: dataclasses.asdict(p) for name, p in sorted(space.params.items())}
                   for m, space in sorted(self.profile.spaces.items())}
         return {"profile": raw, "spaces": spaces, "param_band": self.band.to_json() if self.band else None}
@@ -244,7 +267,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
     synthetic = state.get("synthetic", False)
     if synthetic:
         data_dir = _synthetic_dir(results_dir, profile.data).resolve()
-    plan = Plan(profile, study, results_dir.resolve(), data_dir, synthetic, args.address, args.resume)
+    plan = Plan(profile, study, results_dir.resolve(), data_dir, synthetic, args.address, args.resume,
+                storage_uri=getattr(args, "storage", None) or profile.raw.get("storage"))
+    if plan.storage_uri is not None and not getattr(args, "show_plan", False):
+        plan.storage.check_writable()
 
     existing = leaderboard.load(results_dir) if plan.leaderboard_path.exists() else None
     study_recorded = existing is not None and (existing.study == study).any()

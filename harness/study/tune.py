@@ -46,7 +46,7 @@ def run_with_deadline(fn, timeout_s: float | None):
 
 
 def trial_driver(config: dict, *, bases: dict, space_params: dict, default_seed: int, storage_path: str,
-                 recorded: dict | None = None, timeout_s: float | None = None) -> None:
+                 recorded: dict | None = None, timeout_s: float | None = None, storage_filesystem=None) -> None:
     """One Tune trial: build the TrialConfig from its config and run it as a Ray Train job.
 
     ``config`` names the trial's ``method`` and ``phase`` (harness.study.sampler.StudySearcher)
@@ -56,7 +56,8 @@ def trial_driver(config: dict, *, bases: dict, space_params: dict, default_seed:
     snapshot can lag the leaderboard by a moment; a trial it restarts that was
     in fact finished replays its recorded outcome instead of training again.
     ``timeout_s``: the trial fails with TrialTimeout if its Train run has not
-    finished by then.
+    finished by then. ``storage_path`` (in ``storage_filesystem``, a pyarrow file system; None: local):
+    where the Train run keeps its checkpoints (harness.study.storage).
     """
     import ray
     from ray import tune
@@ -77,7 +78,8 @@ def trial_driver(config: dict, *, bases: dict, space_params: dict, default_seed:
     start = time.time()
     callbacks = [TuneReportCallback()]
     result = run_with_deadline(
-        lambda: run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=callbacks), timeout_s)
+        lambda: run_trial(cfg, name=trial_id, storage_path=storage_path, callbacks=callbacks,
+                          storage_filesystem=storage_filesystem), timeout_s)
     # The last worker report already reached Tune (TuneReportCallback); this one
     # marks the trial as run to the end. Only keys with values: the recorder
     # merges reports, and Train's returned metrics are those of the last
@@ -154,6 +156,7 @@ class RecordAndReport(Callback):
         outcome.save(self.plan)
         status, reason = outcome.status, outcome.reason
         method, phase = trial.config["method"], trial.config["phase"]
+        prune(self.plan, trial.trial_id, trial.config, result)
         score = result.get(METRIC) if status == "completed" and phase == "search" else None
         progress.finished(trial.trial_id, status, method, score)
         report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
@@ -163,6 +166,17 @@ class RecordAndReport(Callback):
                       + (f", report mean {100 * sum(report) / len(report):.1f}%" if report and phase != "search"
                          else "") + routing_note(result))
         progress.line(progress.status())
+
+
+def prune(plan: Plan, trial_id: str, config: dict, result: dict) -> None:
+    """Once a trial is recorded its checkpoints go (harness.study.disk); a failure to delete is a line, not a stop."""
+    from harness.study.disk import prune_trial
+
+    try:
+        prune_trial(plan, trial_id, phase=config["phase"], method=config["method"],
+                    checkpoint_path=result.get("checkpoint_path"))
+    except OSError as exc:
+        current().line(f"trial {trial_id}: its checkpoints stay in {plan.storage.uri} ({' '.join(str(exc).split())})")
 
 
 def _name(trial) -> str:
@@ -197,7 +211,8 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
                    for phase in ("reference", "search", "final")},
             space_params={m: space.params for m, space in p.spaces.items()},
             default_seed=default_seed,
-            storage_path=str(plan.ray_dir / "train"),
+            storage_path=plan.train_storage_path,
+            storage_filesystem=None if plan.storage.local else plan.storage.filesystem,
             recorded=recorded_outcomes(plan) if plan.resume else None,
             timeout_s=p.resources.get("trial_timeout_s"),
         ),
@@ -235,4 +250,5 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
             ),
         )
     grid = tuner.fit()
-    reconcile(plan, grid, default_seed=default_seed)
+    reconcile(plan, grid, default_seed=default_seed, recorded=lambda trial_id, config, metrics:
+              prune(plan, trial_id, config, metrics))
