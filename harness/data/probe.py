@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        if args.data_dir is None:
+        twins = tuple(d for d in datasets if not d.startswith("bigbench_"))  # BIG-bench: the fetched files
+        if args.data_dir is None and twins:
             # enough rows that --n of them exist in every role (selection is a fifth of train)
-            write_synthetic(tmp, n_train=max(64, 5 * args.n), n_validation=args.n, datasets=datasets)
+            write_synthetic(tmp, n_train=max(64, 5 * args.n), n_validation=args.n, datasets=twins)
         results = probe(model, tokenizer, data_dir, datasets, fmt=args.format, n=args.n, role=args.role)
     extra = " calibrated acc |" if args.format == "letter" else ""
     print(f"| dataset | n | chance | zero-shot acc ({args.format}) | top position share | prompt tokens |{extra}")
