@@ -183,11 +183,14 @@ def _audit(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir
+        twins = tuple(d for d in datasets if not d.startswith("bigbench_"))  # BIG-bench: the fetched files
         if data_dir is None:
-            write_synthetic(tmp, seed=args.seed, n_train=args.train, n_validation=args.validation, datasets=datasets)
             data_dir = tmp
-            print(f"synthetic twins, seed {args.seed}: {args.train} train / {args.validation} report rows each",
-                  file=sys.stderr)
+            if twins:
+                write_synthetic(tmp, seed=args.seed, n_train=args.train, n_validation=args.validation,
+                                datasets=twins)
+                print(f"synthetic twins, seed {args.seed}: {args.train} train / {args.validation} report rows each",
+                      file=sys.stderr)
         results, train_rows = [], []
         for name in datasets:
             adapter = get_adapter(name)
