@@ -102,6 +102,11 @@ def data_source(datasets, *, data_dir: str | os.PathLike | None, synthetic: dict
 
         hub = {}
         for dataset in datasets:
+            if dataset.startswith("bigbench_"):  # a fetched BIG-bench task file, not the hub
+                from harness.data.bigbench import provenance
+
+                hub[dataset] = provenance(dataset)
+                continue
             adapter = get_adapter(dataset)
             hub[dataset] = {"hub_id": adapter.hub_id, "config": adapter.config,
                             "splits": list(dict.fromkeys((adapter.train_split, adapter.report_split))),

@@ -459,10 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     trial_id = f"{cfg.method}-{secrets.token_hex(4)}"
     with contextlib.ExitStack() as stack:
         synthetic = None
-        if cfg.data_dir is None:
+        twins = tuple(d for d in cfg.datasets if not d.startswith("bigbench_"))  # BIG-bench: the fetched files
+        if cfg.data_dir is None and len(twins) < len(cfg.datasets):
+            from harness.data.bigbench import ensure_fetched
+
+            try:
+                fetched = ensure_fetched(cfg.datasets)
+            except DataError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(fetched.line(), flush=True)
+        if cfg.data_dir is None and twins:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mor1e-twins-"))
             synthetic = {"seed": 0, "n_train": args.synthetic_train, "n_validation": args.synthetic_validation}
-            write_synthetic(tmp, datasets=cfg.datasets, **synthetic)
+            write_synthetic(tmp, datasets=twins, **synthetic)
             cfg = TrialConfig.from_dict({**cfg.to_dict(), "data_dir": tmp})
             print(f"data: synthetic twins ({args.synthetic_train} train / {args.synthetic_validation} "
                   f"report rows each)", flush=True)

@@ -1,8 +1,10 @@
 """The datasets: adapters (hub or local files -> :class:`Example`) and their synthetic twins.
 
-``load_examples(dataset, role)`` is the entry point; ``python -m harness.data show|synth|audit``
+``load_examples(dataset, role)`` is the entry point; ``python -m harness.data show|synth|audit|fetch``
 is the CLI. ``DATASETS`` is the paper's 14 (``datasets: all``); ``KNOWN_DATASETS`` adds ARC,
-and ``SUITES`` names the selections a profile may give (``all``, ``commonsense8``).
+and ``SUITES`` names the selections a profile may give (``all``, ``commonsense8``, ``bigbench``).
+BIG-bench's multiple-choice tasks, ``bigbench_<task>[__<subtask>]``, are read from task files
+fetched into the cache (``harness.data.bigbench``).
 """
 
 from harness.data.adapters import (ADAPTERS, DATASETS, FORMATS, KNOWN_DATASETS, ROLES, SUITES, DataError, Example,

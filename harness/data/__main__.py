@@ -1,8 +1,9 @@
-"""CLI: ``python -m harness.data show|synth|audit ...``.
+"""CLI: ``python -m harness.data show|synth|audit|fetch ...``.
 
     show  --dataset NAME --split SPLIT [--data-dir DIR] [--limit N] [--format letter|cloze]
           [--skip-bad-rows] [--seed S] [--json]
     synth --out DIR [--seed S] [--train N] [--validation M] [--datasets NAMES|SUITE]
+    fetch bigbench [--tasks NAMES] [--sdist PATH|URL] [--index-url URL]
     audit [--data-dir DIR] [--datasets NAMES|SUITE] [--train N] [--validation M] [--seed S]
           [--limit N] [--tokenizer NAME|none] [--json] [--conflicts]
 
@@ -19,7 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.data.adapters import FORMATS, KNOWN_DATASETS, ROLES, DataError, get_adapter, resolve_datasets
+from harness.data.adapters import (FORMATS, KNOWN_DATASETS, ROLES, DataError, get_adapter, is_known_dataset,
+                                   resolve_datasets)
 from harness.data.loading import LoadStats, load_split, split_name
 from harness.data.synth import DEFAULT_N_TRAIN, DEFAULT_N_VALIDATION, write_synthetic
 
@@ -34,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m harness.data", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     show = sub.add_parser("show", help="print examples of one split")
-    show.add_argument("--dataset", required=True, choices=KNOWN_DATASETS, metavar="NAME")
+    show.add_argument("--dataset", required=True, type=_dataset_name, metavar="NAME",
+                      help=f"one of {' '.join(KNOWN_DATASETS)}, or bigbench_<task>[__<subtask>]")
     show.add_argument("--split", default="report", help="split name, NAME[selection], or a role (default: report)")
     show.add_argument("--data-dir", default=None, help="DIR with DIR/<dataset>/<split>.jsonl or .parquet")
     show.add_argument("--limit", type=int, default=None)
@@ -49,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--validation", type=int, default=DEFAULT_N_VALIDATION,
                        help=f"report-split rows (default {DEFAULT_N_VALIDATION})")
     synth.add_argument("--datasets", default="all", help="a suite (all, commonsense8) or comma-separated names")
+    fetch = sub.add_parser("fetch", help="download BIG-bench's task files into the cache (harness.data.bigbench)")
+    fetch.add_argument("source", choices=["bigbench"], help="what to fetch: bigbench (the bigbench==1.0.0 sdist)")
+    fetch.add_argument("--tasks", default="bigbench",
+                       help="the suite 'bigbench' (default) or comma-separated BIG-bench tasks (task or "
+                            "task__subtask, with or without the bigbench_ prefix)")
+    fetch.add_argument("--sdist", default=None, help="a local path or URL of bigbench-1.0.0.tar.gz (default: "
+                                                     "found on the package index; $PIP_INDEX_URL or PyPI)")
+    fetch.add_argument("--index-url", default=None, help="a PEP 503/691 package index to find the sdist on")
     audit = sub.add_parser("audit", help="duplicates, option-only rules and majority class, per dataset")
     audit.add_argument("--data-dir", default=None,
                        help="audit DIR/<dataset>/<split>.jsonl|.parquet; default: freshly generated twins")
@@ -67,6 +78,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="also: how cleanly k-means on the intuition embeddings of the training rows separates "
                             "each conflicting pair of twins (cluster purity)")
     return p
+
+
+def _dataset_name(name: str) -> str:
+    if not is_known_dataset(name):
+        raise argparse.ArgumentTypeError(f"unknown dataset {name!r}: expected one of {' '.join(KNOWN_DATASETS)}, "
+                                         "or bigbench_<task>[__<subtask>]")
+    return name
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from harness.data.bigbench import fetch
+
+    tasks = _datasets(args.tasks) if args.tasks == "bigbench" else [t.strip() for t in args.tasks.split(",")
+                                                                     if t.strip()]
+    if not tasks:
+        raise DataError("--tasks names no task")
+    report = fetch(tasks, source=args.sdist, index_url=args.index_url)
+    print(report.line(), file=sys.stderr)
+    return 0
 
 
 def _resolve_split(dataset: str, split: str) -> str:
@@ -153,11 +183,14 @@ def _audit(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir
+        twins = tuple(d for d in datasets if not d.startswith("bigbench_"))  # BIG-bench: the fetched files
         if data_dir is None:
-            write_synthetic(tmp, seed=args.seed, n_train=args.train, n_validation=args.validation, datasets=datasets)
             data_dir = tmp
-            print(f"synthetic twins, seed {args.seed}: {args.train} train / {args.validation} report rows each",
-                  file=sys.stderr)
+            if twins:
+                write_synthetic(tmp, seed=args.seed, n_train=args.train, n_validation=args.validation,
+                                datasets=twins)
+                print(f"synthetic twins, seed {args.seed}: {args.train} train / {args.validation} report rows each",
+                      file=sys.stderr)
         results, train_rows = [], []
         for name in datasets:
             adapter = get_adapter(name)
@@ -203,7 +236,7 @@ def _print_conflicts(train_rows, datasets, *, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    commands = {"show": _show, "synth": _synth, "audit": _audit}
+    commands = {"show": _show, "synth": _synth, "audit": _audit, "fetch": _fetch}
     try:
         return commands[args.command](args)
     except DataError as exc:

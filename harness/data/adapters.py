@@ -354,22 +354,53 @@ DATASETS: tuple[str, ...] = ("boolq", "multirc", "wic", "wsc", "rte", "copa", "w
 KNOWN_DATASETS: tuple[str, ...] = DATASETS + ("arc_easy", "arc_challenge")
 # Named suites a profile's `datasets:` (or a trial's --datasets) may give instead of a list.
 # commonsense8 is the LLM-Adapters commonsense-reasoning suite (Hu et al., 2023), also used by DoRA and MixLoRA.
+# bigbench: BIG-bench multiple-choice tasks, read from the fetched sdist (harness.data.bigbench), that
+# together cover the 14 datasets' task types. Any `bigbench_<task>[__<subtask>]` name is a dataset too.
+BIGBENCH_PREFIX = "bigbench_"
 SUITES: dict[str, tuple[str, ...]] = {
     "all": DATASETS,
     "commonsense8": ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"),
+    "bigbench": ("bigbench_strategyqa", "bigbench_causal_judgment", "bigbench_metaphor_boolean", "bigbench_winowhy",
+                 "bigbench_vitaminc_fact_verification", "bigbench_goal_step_wikihow__step_ordering",
+                 "bigbench_timedial", "bigbench_disambiguation_qa", "bigbench_presuppositions_as_nli",
+                 "bigbench_goal_step_wikihow__step_inference", "bigbench_social_iqa", "bigbench_physics",
+                 "bigbench_elementary_math_qa__question_only",
+                 "bigbench_abstract_narrative_understanding__4_distractors"),
 }
 assert tuple(ADAPTERS) == KNOWN_DATASETS
-assert all(set(suite) <= set(KNOWN_DATASETS) for suite in SUITES.values())
+
+
+def is_known_dataset(dataset: str) -> bool:
+    """A name of KNOWN_DATASETS, or a well-formed ``bigbench_<task>[__<subtask>]``."""
+    if dataset in ADAPTERS:
+        return True
+    if not isinstance(dataset, str) or not dataset.startswith(BIGBENCH_PREFIX):
+        return False
+    from harness.data.bigbench import check_name
+
+    try:
+        check_name(dataset)
+    except DataError:
+        return False
+    return True
+
+
+assert all(is_known_dataset(d) for suite in SUITES.values() for d in suite)
 
 
 def get_adapter(dataset: str) -> Adapter:
+    if isinstance(dataset, str) and dataset.startswith(BIGBENCH_PREFIX):
+        from harness.data.bigbench import adapter
+
+        return adapter(dataset)
     if dataset not in ADAPTERS:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of: {' '.join(KNOWN_DATASETS)}")
+        raise DataError(f"unknown dataset {dataset!r}; expected one of: {' '.join(KNOWN_DATASETS)} "
+                        f"or bigbench_<task>")
     return ADAPTERS[dataset]
 
 
 def resolve_datasets(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Dataset names from a suite name (``all``, ``commonsense8``), a comma-separated string or a list.
+    """Dataset names from a suite name (``all``, ``commonsense8``, ``bigbench``), a comma-separated string or a list.
 
     Raises ValueError (one line) for an unknown name, a repeat or an empty selection.
     """
@@ -381,10 +412,10 @@ def resolve_datasets(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
         raise ValueError(f"datasets must be a suite name or a list of names, got {spec!r}")
     if not names:
         raise ValueError("datasets must name at least one dataset")
-    unknown = [d for d in names if d not in KNOWN_DATASETS]
+    unknown = [d for d in names if not is_known_dataset(d)]
     if unknown:
         raise ValueError(f"unknown dataset {', '.join(map(repr, unknown))}: expected names from "
-                         f"{' '.join(KNOWN_DATASETS)} or a suite ({', '.join(SUITES)})")
+                         f"{' '.join(KNOWN_DATASETS)}, bigbench_<task>[__<subtask>], or a suite ({', '.join(SUITES)})")
     if len(set(names)) != len(names):
         raise ValueError(f"datasets has duplicates: {', '.join(names)}")
     return names
@@ -410,7 +441,7 @@ def convert_row(dataset: str, row: dict, *, id: str, fmt: str = "letter") -> Exa
     """Convert one raw record; raises RowError if it is malformed."""
     adapter = get_adapter(dataset)
     parsed = adapter.convert(row)
-    n = NUM_CHOICES[dataset]
+    n = NUM_CHOICES.get(dataset)  # None: rows differ (ARC, BIG-bench tasks)
     if n is not None and dataset not in ("openbookqa", "commonsense_qa") and len(parsed.choices) != n:
         raise RowError(f"expected {n} choices, got {len(parsed.choices)}")
     return format_example(parsed, id=id, dataset=dataset, fmt=fmt)

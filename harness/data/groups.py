@@ -20,6 +20,7 @@ Choices made here (the real datasets, and the twins, which keep their schemas):
 | siqa | context | several questions per context |
 | piqa | goal | a goal repeated with other solutions |
 | wic, copa, openbookqa, commonsense_qa, mmlu, arc | the row itself | no shared context in the data |
+| bigbench_* | the row's ``group`` | set from the task's input by harness.data.bigbench.GROUP_RULES |
 
 A row whose key field is missing or malformed is a group of its own (the converter
 reports the row later; the carve never drops it).
@@ -81,8 +82,14 @@ GROUP_KEYS: dict[str, Callable[[dict], str | None]] = {
 
 
 def group_key(dataset: str, row: object) -> str | None:
-    """The unit a raw row belongs to (None: the row is a unit of its own)."""
-    return GROUP_KEYS[dataset](row) if isinstance(row, dict) else None
+    """The unit a raw row belongs to (None: the row is a unit of its own).
+
+    BIG-bench rows carry their unit in ``group`` (harness.data.bigbench.GROUP_RULES)."""
+    if not isinstance(row, dict):
+        return None
+    if dataset.startswith("bigbench_"):
+        return _field("group")(row)
+    return GROUP_KEYS[dataset](row)
 
 
 def group_rows(dataset: str, rows: list[object]) -> list[list[int]]:

@@ -5,6 +5,7 @@ selection rows are a fixed, seeded subset made of whole units of meaning (rows t
 share a passage, paragraph, text or premise; see ``harness.data.groups``), and the
 train role returns every other row. ``report`` is the dataset's evaluation split
 (``validation``; ``dev_r1`` for ANLI, ``test`` for ARC), never used to choose anything.
+BIG-bench tasks (``bigbench_*``) are read from their fetched task files (harness.data.bigbench).
 """
 
 from __future__ import annotations
@@ -198,6 +199,11 @@ def read_raw_rows(dataset: str, split: str, *, data_dir: str | os.PathLike | Non
         path = _local_file(data_dir, dataset, split)
         if path is not None:
             return str(path), _read_local(path)
+    if dataset.startswith("bigbench_"):  # the fetched task file (harness.data.bigbench), never the hub
+        from harness.data.bigbench import read_split, task_file
+
+        rows = read_split(dataset, split)
+        return f"{task_file(dataset)}:{split}", rows
     rows = _read_hub(dataset, split)
     if rows is not None:
         return f"{adapter.hub_id}:{adapter.config or 'default'}:{split}", rows

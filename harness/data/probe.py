@@ -130,17 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        if args.data_dir is None:
+        twins = tuple(d for d in datasets if not d.startswith("bigbench_"))  # BIG-bench: the fetched files
+        if args.data_dir is None and twins:
             # enough rows that --n of them exist in every role (selection is a fifth of train)
-            write_synthetic(tmp, n_train=max(64, 5 * args.n), n_validation=args.n, datasets=datasets)
-        results = probe(model, tokenizer, data_dir, datasets, fmt=args.format, n=args.n, role=args.role)
-    extra = " calibrated acc |" if args.format == "letter" else ""
-    print(f"| dataset | n | chance | zero-shot acc ({args.format}) | top position share | prompt tokens |{extra}")
-    print("|---|---|---|---|---|---|" + ("---|" if extra else ""))
-    for name, r in results.items():
-        cal = f" {100 * r['calibrated']:.1f} |" if extra else ""
-        print(f"| {name} | {r['n']} | {100 * r['chance']:.1f} | {100 * r['accuracy']:.1f} | "
-              f"{100 * r['top_share']:.0f}% | {r['prompt_tokens']:.0f} |{cal}")
+            write_synthetic(tmp, n_train=max(64, 5 * args.n), n_validation=args.n, datasets=twins)
+        extra = " calibrated acc |" if args.format == "letter" else ""
+        print(f"| dataset | n | chance | zero-shot acc ({args.format}) | top position share | prompt tokens |{extra}")
+        print("|---|---|---|---|---|---|" + ("---|" if extra else ""), flush=True)
+        for name in datasets:  # a row as soon as its dataset is scored
+            r = probe(model, tokenizer, data_dir, [name], fmt=args.format, n=args.n, role=args.role)[name]
+            cal = f" {100 * r['calibrated']:.1f} |" if extra else ""
+            print(f"| {name} | {r['n']} | {100 * r['chance']:.1f} | {100 * r['accuracy']:.1f} | "
+                  f"{100 * r['top_share']:.0f}% | {r['prompt_tokens']:.0f} |{cal}", flush=True)
     return 0
 
 

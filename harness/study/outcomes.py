@@ -20,7 +20,8 @@ from typing import Any
 from harness.predictions import EXAMPLES_FILE, append_predictions, identified
 from harness.records import TELEMETRY_KEYS, append_rows, device_seconds, read_rows, row_template
 from harness import methods as registry
-from harness.searchspace import KNOWN_DATASETS, num_experts
+from harness.data.adapters import is_known_dataset
+from harness.searchspace import num_experts
 from harness.study.plan import METRIC, Plan, one_line, trial_point
 
 
@@ -28,13 +29,13 @@ def per_dataset(metrics: dict, role: str) -> dict[str, dict]:
     """{dataset: {accuracy, acc_norm, n_examples}} for ``role`` out of a trial's reported metrics."""
     nested = metrics.get(role)
     if isinstance(nested, dict):
-        return {d: v for d, v in nested.items() if isinstance(v, dict) and d in KNOWN_DATASETS}
+        return {d: v for d, v in nested.items() if isinstance(v, dict) and is_known_dataset(d)}
     out: dict[str, dict] = {}
     prefix = f"{role}/"
     for key, value in metrics.items():
         if key.startswith(prefix):
             parts = key[len(prefix):].split("/")
-            if len(parts) == 2 and parts[0] in KNOWN_DATASETS:
+            if len(parts) == 2 and is_known_dataset(parts[0]):
                 out.setdefault(parts[0], {})[parts[1]] = value
     return out
 

@@ -56,7 +56,7 @@ def _has_cuda() -> bool:
 
 
 def prepare(plan: Plan, progress: Progress) -> dict:
-    """Do, and time, what a first run on a fresh machine adds: the model's cache, the intuition
+    """Do, and time, what a first run on a fresh machine adds: BIG-bench's task files, the model's cache, the intuition
     embeddings of every example the study's MoR1E trials score (cached on disk, keyed by the texts)
     and, for CPU trials on this machine, DeepSpeed's CPU op (cached by torch, built on first use)."""
     from harness.models import prepare as prepare_model
@@ -64,6 +64,18 @@ def prepare(plan: Plan, progress: Progress) -> dict:
     from harness.trial import TrialConfig
 
     p = plan.profile
+    fetched = None
+    if plan.data_dir is None:  # BIG-bench datasets read the fetched task files (harness.data.bigbench)
+        from harness.data import DataError
+        from harness.data.bigbench import ensure_fetched
+
+        try:
+            fetched = ensure_fetched(p.datasets)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if fetched is not None:
+            progress.line(fetched.line())
     start = time.time()
     converted = prepare_model(p.model)
     model_s = time.time() - start
@@ -77,6 +89,8 @@ def prepare(plan: Plan, progress: Progress) -> dict:
             prepare_data(TrialConfig(**plan.base_trial(embedder, phase)))
     embed_s = time.time() - start
     timing = {"model_s": model_s, "embed_s": embed_s, "model_built": converted}
+    if fetched is not None:
+        timing["bigbench_fetch_s"] = fetched.seconds
     line = (f"prepared: model cache {'built' if converted else 'found'} ({model_s:.0f} s), "
             f"intuition embeddings {embed_s:.0f} s (on disk for every trial)")
     use_gpu = p.resources.get("use_gpu")
