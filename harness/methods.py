@@ -465,7 +465,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(prog="python -m harness.methods", description="Facts about a method's configuration.")
+    ap = _Parser(prog="python -m harness.methods", formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description="Facts about the registered methods: their list, and a configuration's trainable "
+                             "parameters.",
+                 epilog="""examples:
+  python -m harness.methods list
+  python -m harness.methods params --model smollm2-135m --method mor1e --hparams '{"r1": 4, "r2": 8}'
+  python -m harness.methods params --model smollm2-135m --method lora --hparams '{"rank": 16}'
+
+writes nothing; counts on the meta device, so no weights are loaded. Adding a method of your own:
+docs/adding-a-method.md.""")
     sub = ap.add_subparsers(dest="command", required=True)
     params = sub.add_parser("params", help="print the trainable-parameter count (meta device, no weights loaded)")
     params.add_argument("--model", required=True,

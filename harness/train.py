@@ -368,8 +368,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults beside each option, the examples kept as written."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python harness/train.py", description="Run one trial (one method, one hyperparameter set).")
+    p = _Parser(prog="python harness/train.py", formatter_class=_Help,
+                description="Run one trial (one method, one hyperparameter set) as a Ray Train job, without a "
+                            "search; print its selection and report accuracy per dataset.",
+                epilog="examples:\n"
+                       "  python harness/train.py --method lora --model tiny-random-llama --datasets copa,boolq "
+                       "--steps 8\n"
+                       "  python harness/train.py --method mor1e --workers 2 --zero-stage 2 --hparams "
+                       "'{\"r1\": 4, \"r2\": 8}'\n"
+                       "  python harness/train.py --method zeroshot --datasets all --scoring cloze\n\n"
+                       "writes <out>/leaderboard.parquet (study --study), <out>/predictions.parquet and\n"
+                       "<out>/runs/ (Ray's checkpoints); without --data-dir the twins are written to a\n"
+                       "temporary directory. A default of None is the trial's own (harness/trial.py).")
     p.add_argument("--method", required=True, help="a method of harness.methods (python -m harness.methods list)")
     p.add_argument("--model", default="smollm2-135m", help="preset (tiny-random-llama, smollm2-135m), hub id or dir")
     p.add_argument("--datasets", default="all", help="'all' or comma-separated names")

@@ -33,7 +33,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m harness.data", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m harness.data", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Datasets: print examples as a trial sees them, write the synthetic twins, fetch "
+                            "BIG-bench's task files, audit what the options alone give away.",
+                epilog="""examples:
+  python -m harness.data show --dataset copa --split report --limit 3 --json
+  python -m harness.data synth --out data/twins --train 64 --validation 16
+  python -m harness.data fetch bigbench
+  python -m harness.data audit --datasets commonsense8
+
+writes: synth, DIR/<dataset>/<split>.jsonl; fetch, the task files under $MOR1E_CACHE
+(default ~/.cache/mor1e); show and audit write nothing. A COMMAND --help lists its options
+and defaults. Bad input: one line on stderr, exit 2.""")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     show = sub.add_parser("show", help="print examples of one split")
     show.add_argument("--dataset", required=True, type=_dataset_name, metavar="NAME",
