@@ -1,7 +1,7 @@
 """Run a study: Ray Tune + Optuna pick trials, each trial a Ray Train job; results go to the leaderboard.
 
     python harness/search.py [--config FILE|PROFILE] [--address ADDR] [--resume [--accept-changed-profile]]
-                             [--results-dir DIR] [--data-dir DIR] [--study NAME] [--show-plan]
+                             [--results-dir DIR] [--data-dir DIR] [--study NAME] [--show-plan [--json]]
 
 Layers (Ray's train/tune interop pattern): the *worker* loop lives in
 harness.worker and reads only its TrialConfig; the *driver* function
@@ -30,9 +30,7 @@ if __package__ in (None, ""):  # `python harness/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.searchspace import ConfigError
-from harness.study.phases import run_study
 from harness.study.plan import build_plan
-from harness.study.progress import quiet_logs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data-dir", default=None, help="DATA_DIR/<dataset>/<split>.jsonl (overrides the profile's data)")
     ap.add_argument("--study", default=None, help="study name (default: the profile's)")
     ap.add_argument("--show-plan", action="store_true",
-                    help="check the profile, print its parameter band and profile hash, and exit (starts nothing)")
-    return ap.parse_args(argv)
+                    help="check the profile and print the study it would run: trials per phase and method, "
+                         "expected time, disk, where outputs go, parameter band, profile hash; starts nothing")
+    ap.add_argument("--json", action="store_true", help="with --show-plan: print the plan as one JSON object")
+    args = ap.parse_args(argv)
+    if args.json and not args.show_plan:
+        ap.error("--json only applies with --show-plan")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,13 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.show_plan:
+        from harness.study.dryrun import format_overview, plan_overview
+
+        overview = plan_overview(plan)
+        if args.json:
+            import json
+
+            print(json.dumps(overview, indent=1))
+        else:
+            print("\n".join(format_overview(overview)))
+        return 0
     if plan.band is not None:
         print("\n".join(plan.band.describe()), flush=True)
     if plan.profile_override:
         print(f"resuming under a changed profile: rows record profile_override={plan.profile_override[:12]}", flush=True)
-    if args.show_plan:
-        print(f"study {plan.study}: profile {plan.profile.source}, sha256 {plan.profile_sha256()}")
-        return 0
+    from harness.study.phases import run_study
+    from harness.study.progress import quiet_logs
+
     quiet_logs()
     return run_study(plan)
 

@@ -11,11 +11,16 @@ import os
 import time
 import warnings
 
-import optuna
+# Seconds between status lines while trials run (besides the one after each trial ends).
+STATUS_EVERY_S = 30.0
 
 
 class Progress:
-    """Readable progress lines: trial counts, best selection accuracy per method, elapsed, ETA."""
+    """Readable progress lines: trial counts, best selection accuracy per method, elapsed, ETA.
+
+    ``eta``: a callable giving the seconds left (harness.study.timing.Eta), set by whoever runs the
+    study; without one the ETA shows "?".
+    """
 
     def __init__(self, total_trials: int):
         self.total = total_trials
@@ -23,6 +28,8 @@ class Progress:
         self.counts = {"completed": 0, "pruned": 0, "failed": 0}
         self.running: set[str] = set()
         self.best: dict[str, float] = {}
+        self.eta = None
+        self.status_at = 0.0  # time.monotonic() of the last status line
 
     def line(self, msg: str) -> None:
         print(f"[{clock(time.time() - self.start)}] {msg}", flush=True)
@@ -34,19 +41,25 @@ class Progress:
             self.best[method] = max(score, self.best.get(method, -1.0))
 
     def status(self) -> str:
+        self.status_at = time.monotonic()
         done = sum(self.counts.values())
         best = " ".join(f"{m}={100 * v:.1f}" for m, v in self.best.items()) or "-"
-        eta = "?"
-        if done:  # the pace so far (concurrent trials included), applied to the trials left
-            eta = clock((time.time() - self.start) / done * max(self.total - done, 0))
+        left = self.eta() if self.eta is not None else None
+        eta = "?" if left is None else clock(left)
         c = self.counts
         return (f"trials {done}/{self.total} (completed {c['completed']}, pruned {c['pruned']}, "
                 f"failed {c['failed']}, running {len(self.running)}) | best selection %: {best} | ETA {eta}")
 
 
+    def status_due(self) -> bool:
+        """Whether a status line is due: trials are running and none was printed for STATUS_EVERY_S."""
+        return bool(self.running) and time.monotonic() - self.status_at >= STATUS_EVERY_S
+
+
 def clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+    """h:mm:ss (48 hours is 48:00:00)."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def short(v):
@@ -112,6 +125,8 @@ def quiet_logs() -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
+
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
