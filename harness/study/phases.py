@@ -49,6 +49,20 @@ def run_phases(plan: Plan, progress: Progress, *, phases: tuple[str, ...] = PHAS
               scheduler=scheduler_for(plan, scheduler), num_samples=total_trials(plan, phases), progress=progress)
 
 
+def study_eta(plan: Plan, progress: Progress, unit_s: float | None) -> timing_mod.Eta:
+    """The study's ETA (harness.study.timing.Eta), timed by the unit measured before the clock or
+    an earlier study's; a resumed study starts from the trials it had already finished."""
+    if unit_s is None:
+        unit_s, _ = timing_mod.known_unit_s(plan.results_dir, plan.study)
+    eta = timing_mod.Eta(plan, unit_s)
+    if plan.resume:
+        done = timing_mod.previous_trials(plan.results_dir, study=plan.study)
+        eta.seed(done)
+        for status, n in timing_mod.recorded_statuses(plan.results_dir, plan.study).items():
+            progress.counts[status] = progress.counts.get(status, 0) + n
+    return eta
+
+
 def run_study(plan: Plan) -> int:
     """The whole study: reference, search and final runs, then the summary and table.
 
@@ -73,6 +87,7 @@ def run_study(plan: Plan) -> int:
         progress.line(f"unit: {unit['unit_s']:.2f} s, one {timing_mod.UNIT_NAME} ({unit['cpu']}, "
                       f"{unit['threads']} threads); the study's clock starts now")
     progress.start = time.time()
+    progress.eta = study_eta(plan, progress, timing.get("unit_s"))
     init_ray(plan.address, num_cpus=p.resources.get("ray_num_cpus"))
     run_phases(plan, progress)
 

@@ -117,16 +117,23 @@ class RecordAndReport(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         self._sweep(every_s=ORPHAN_SWEEP_S)
+        progress = current()
+        if progress.status_due():
+            progress.line(progress.status())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         progress = current()
         progress.running.add(trial.trial_id)
+        if progress.eta is not None:
+            progress.eta.started(trial.trial_id, trial.config["method"], trial.config["phase"])
         shown = ", ".join(f"{k}={short(v)}" for k, v in trial.config.items() if k not in ("method", "phase"))
         progress.line(f"{_name(trial)} trial {trial.trial_id} started: {shown}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Merged: the driver's closing report adds to the workers' last one.
         self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **result}
+        if current().eta is not None:
+            current().eta.progressed(trial.trial_id, result.get("step"))
         if not result.get("done_final") and METRIC in result:
             step = result.get("step", result.get("training_iteration"))
             current().line(f"{trial.config['method']} trial {trial.trial_id} step {step}: selection "
@@ -156,6 +163,8 @@ class RecordAndReport(Callback):
         method, phase = trial.config["method"], trial.config["phase"]
         score = result.get(METRIC) if status == "completed" and phase == "search" else None
         progress.finished(trial.trial_id, status, method, score)
+        if progress.eta is not None:
+            progress.eta.ended(trial.trial_id, result.get("step"), result.get("wall_s"))
         report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
         report = [a for a in report if a is not None]
         progress.line(f"{_name(trial)} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
