@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="check the profile and print the study it would run: trials per phase and method, "
                          "expected time, disk, where outputs go, parameter band, profile hash; starts nothing")
     ap.add_argument("--json", action="store_true", help="with --show-plan: print the plan as one JSON object")
+    ap.add_argument("--mlflow", default=None, metavar="URI",
+                    help="also log every trial to MLflow at this tracking URI (e.g. sqlite:///results/mlflow.db): "
+                         "one run per trial, the study's name as the experiment (overrides the profile's tracking)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show Ray's, DeepSpeed's and the libraries' messages (default: <results>/logs/<study>.log)")
     args = ap.parse_args(argv)
     if args.json and not args.show_plan:
         ap.error("--json only applies with --show-plan")
@@ -82,11 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(plan.band.describe()), flush=True)
     if plan.profile_override:
         print(f"resuming under a changed profile: rows record profile_override={plan.profile_override[:12]}", flush=True)
+    from harness.study.dryrun import log_path
     from harness.study.phases import run_study
-    from harness.study.progress import quiet_logs
+    from harness.study.progress import console, quiet_logs
 
-    quiet_logs()
-    return run_study(plan)
+    log = log_path(plan)
+    quiet_logs(log, verbose=args.verbose)
+    try:
+        return run_study(plan)
+    except Exception as exc:
+        if args.verbose:
+            raise
+        import traceback
+
+        traceback.print_exc()  # into the log
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (traceback in {log})",
+              file=console(), flush=True)
+        return 1
 
 
 if __name__ == "__main__":

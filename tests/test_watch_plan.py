@@ -128,3 +128,39 @@ def test_expected_disk_counts_kept_checkpoints_per_trial(tmp_path, cache):
     assert d["end_bytes"] == sum(d["per_method"].values())
     assert d["peak_bytes"] == d["end_bytes"] + 1 * 1000 * BYTES_PER_TRAINABLE  # one slot, dense's checkpoint
     assert expected_disk(plan, {**counts, "dense": None})["end_bytes"] is None
+
+
+def test_mlflow_without_the_package_is_one_line_and_exit_2(tmp_path, cache):
+    config = write_profile(tmp_path / "p.yaml", tiny_profile())
+    code = ("import sys; sys.modules['mlflow'] = None; from harness import search; "
+            "sys.exit(search.main(sys.argv[1:]))")
+    env = {**__import__("os").environ, "MOR1E_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", code, "--config", config, "--results-dir", str(tmp_path / "r"),
+                          "--mlflow", f"sqlite:///{tmp_path / 'm.db'}"], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: MLflow tracking (sqlite:///{tmp_path / 'm.db'}) needs the mlflow client: pip install '.[mlflow]'"]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_tracking_in_a_profile_is_checked_and_left_out_of_its_hash(tmp_path, cache):
+    import argparse
+
+    from harness.searchspace import ConfigError
+
+    def plan(**changes):
+        config = write_profile(tmp_path / "p.yaml", tiny_profile(**changes))
+        return plan_mod.build_plan(argparse.Namespace(config=config, results_dir=str(tmp_path / "r"), data_dir=None,
+                                                      study=None, address=None, resume=False))
+
+    plain = plan()
+    tracked = plan(tracking={"mlflow": "sqlite:///x.db"})
+    assert plain.mlflow_uri is None and tracked.mlflow_uri == "sqlite:///x.db"
+    assert tracked.profile_sha256() == plain.profile_sha256()
+    with pytest.raises(ConfigError, match="tracking: unknown key 'wandb'"):
+        plan(tracking={"wandb": "x"})
+    with pytest.raises(ConfigError, match="tracking.mlflow must be an MLflow tracking URI"):
+        plan(tracking={"mlflow": 3})
+    with pytest.raises(ConfigError, match="log_every must be an integer >= 0"):
+        plan(training={"steps": 4, "log_every": -1})

@@ -34,6 +34,8 @@ def outputs(plan: Plan) -> dict[str, str]:
     }
     if plan.synthetic:
         out["twins"] = str(plan.data_dir)
+    if plan.mlflow_uri:
+        out["mlflow"] = plan.mlflow_uri
     return out
 
 

@@ -18,7 +18,7 @@ from harness import leaderboard
 from harness.records import write_timing
 from harness.study import timing as timing_mod
 from harness.study.plan import Plan, write_twins
-from harness.study.progress import Progress, clock, start
+from harness.study.progress import Progress, clock, console, start
 from harness.study.sampler import PHASES, MethodScheduler, StudySearcher
 from harness.study.tune import num_evals, run_tuner
 
@@ -30,8 +30,11 @@ def scheduler_for(plan: Plan, kind: str | None = None):
     s = plan.profile.search
     if (kind or s["scheduler"]) != "asha":
         return FIFOScheduler()
-    max_evals = num_evals(plan) + 1  # the driver's closing report is one more iteration
-    return MethodScheduler(lambda: ASHAScheduler(max_t=max_evals, grace_period=min(s["grace_period"], max_evals),
+    max_evals = num_evals(plan) + 1  # ASHA stops a trial at max_t: one past its last evaluation, so it ends itself
+    # Timed in evaluations (the worker's "evaluation" count), not Tune iterations: the training
+    # curves' reports between evaluations are iterations too.
+    return MethodScheduler(lambda: ASHAScheduler(time_attr="evaluation", max_t=max_evals,
+                                                 grace_period=min(s["grace_period"], max_evals),
                                                  reduction_factor=s["reduction_factor"]))
 
 
@@ -106,7 +109,7 @@ def run_study(plan: Plan) -> int:
     write_timing(plan.results_dir, plan.study, timing)
     leaderboard.write_summary(plan.results_dir)
     progress.line(f"study {plan.study} finished in {clock(study_s)}{in_units}")
-    print()
+    print(file=console())
     print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study,
-                                   leaderboard.load_predictions(plan.results_dir, plan.study)))
+                                   leaderboard.load_predictions(plan.results_dir, plan.study)), file=console())
     return 0

@@ -47,6 +47,8 @@ class Plan:
     """The parameter band of a parameter-matched study (``param_budget``), with every adapter's sizes."""
     profile_override: str | None = None
     """Set when --resume accepted a changed profile: the profile hash the study ran under before."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (``--mlflow`` or the profile's ``tracking: mlflow``): one MLflow run per trial."""
     _memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -91,7 +93,7 @@ class Plan:
     def resolved_profile(self) -> dict:
         """The profile as the study runs it: every default filled in, each method's space after the
         profile's overrides and the parameter band, and the band itself. What the profile hash covers."""
-        raw = {k: v for k, v in self.profile.raw.items() if k != "description"}
+        raw = {k: v for k, v in self.profile.raw.items() if k not in ("description", "tracking")}
         spaces = {m: {name: dataclasses.asdict(p) for name, p in sorted(space.params.items())}
                   for m, space in sorted(self.profile.spaces.items())}
         return {"profile": raw, "spaces": spaces, "param_band": self.band.to_json() if self.band else None}
@@ -253,6 +255,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if synthetic:
         data_dir = _synthetic_dir(results_dir, profile.data).resolve()
     plan = Plan(profile, study, results_dir.resolve(), data_dir, synthetic, args.address, args.resume)
+    plan.mlflow_uri = getattr(args, "mlflow", None) or profile.raw.get("tracking", {}).get("mlflow")
+    if plan.mlflow_uri is not None:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"MLflow tracking ({plan.mlflow_uri}) needs the mlflow client: "
+                              "pip install '.[mlflow]'") from None
 
     existing = None
     if plan.leaderboard_path.exists():

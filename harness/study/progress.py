@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
+from pathlib import Path
 
 # Seconds between status lines while trials run (besides the one after each trial ends).
 STATUS_EVERY_S = 30.0
@@ -32,7 +34,7 @@ class Progress:
         self.status_at = 0.0  # time.monotonic() of the last status line
 
     def line(self, msg: str) -> None:
-        print(f"[{clock(time.time() - self.start)}] {msg}", flush=True)
+        print(f"[{clock(time.time() - self.start)}] {msg}", file=console(), flush=True)
 
     def finished(self, trial_id: str, status: str, method: str, score: float | None) -> None:
         self.running.discard(trial_id)
@@ -107,11 +109,30 @@ def current() -> Progress:
     return _PROGRESS
 
 
-def quiet_logs() -> None:
-    """Keep the terminal readable: Ray's per-process logs stay in its session dir."""
+# Where the study's own lines go: this process's stdout, or, once quiet_logs has sent file
+# descriptors 1 and 2 to the study's log, a copy of the stdout it had before.
+_CONSOLE = None
+
+
+def console():
+    """The stream a study's own lines are printed to (see quiet_logs)."""
+    return _CONSOLE if _CONSOLE is not None else sys.stdout
+
+
+def quiet_logs(log_path: Path | None = None, *, verbose: bool = False) -> None:
+    """The environment a study's Ray runs in, and a readable terminal.
+
+    With ``log_path`` (and not ``verbose``), everything this process and the Ray processes it
+    starts write to stdout and stderr -- Ray's and DeepSpeed's warnings, the workers' forwarded
+    logs, tracebacks -- is appended to that file instead (file descriptors 1 and 2 point at it),
+    and the study's own lines go to the terminal through ``console()``. ``verbose``: nothing is
+    redirected or silenced.
+    """
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's own loggers stay on: every trial's results, the training curves included, go to
+    # TensorBoard event files, result.json and progress.csv in its trial dir on this node
+    # (``tensorboard --logdir <results>/ray``; docs/watching.md).
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Snapshot Tune's experiment state every second (default: every >= 10 s), so
@@ -123,6 +144,8 @@ def quiet_logs() -> None:
     # A diverged trial's last report carries no selection score (it stopped before it could be
     # scored); the searcher and ASHA skip such reports (harness.study.sampler.StudySearch).
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if verbose:
+        return
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import optuna
@@ -131,3 +154,19 @@ def quiet_logs() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if log_path is not None:
+        _redirect(Path(log_path))
+
+
+def _redirect(log_path: Path) -> None:
+    global _CONSOLE
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _CONSOLE is None:
+        _CONSOLE = os.fdopen(os.dup(1), "w", buffering=1)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _CONSOLE.write(f"(Ray's, DeepSpeed's and the libraries' messages go to {log_path}; --verbose shows them)\n")

@@ -174,6 +174,19 @@ class RecordAndReport(Callback):
         progress.line(progress.status())
 
 
+def tracker_callbacks(plan: Plan) -> list:
+    """Ray Tune's own tracker callbacks the study asks for: MLflow (``plan.mlflow_uri``) logs one run
+    per trial -- its config as params, every result (curves, evaluations, final metrics) as metrics at
+    the trial's optimizer step -- in an experiment named after the study. TensorBoard, CSV and JSON
+    are Tune's default loggers and need no callback here."""
+    if not plan.mlflow_uri:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=plan.mlflow_uri, experiment_name=plan.study,
+                                 tags={"study": plan.study, "profile_sha256": plan.profile_sha256()})]
+
+
 def _name(trial) -> str:
     return f"{trial.config['method']} {trial.config['phase']}"
 
@@ -223,6 +236,11 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
         for callback in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(callback, RecordAndReport):
                 callback.plan = plan
+        # A tracker asked for now and not by the interrupted run joins it (one of a kind each).
+        run_config = tuner._local_tuner.get_run_config()
+        kinds = {type(c) for c in run_config.callbacks or []}
+        run_config.callbacks = [*(run_config.callbacks or []),
+                                *(c for c in tracker_callbacks(plan) if type(c) not in kinds)]
     else:
         if path.exists():  # a start that was killed before Tune saved any state
             shutil.rmtree(path)
@@ -239,7 +257,7 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
             ),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=str(plan.ray_dir),
-                callbacks=[RecordAndReport(plan, default_seed)],
+                callbacks=[RecordAndReport(plan, default_seed), *tracker_callbacks(plan)],
                 verbose=0, failure_config=tune.FailureConfig(max_failures=p.resources["trial_retries"]),
             ),
         )
