@@ -54,6 +54,11 @@ from harness.trial import TrialConfig
 FAULT_PROBE_WAIT_S = 60.0
 # The marker a diverged run's last checkpoint holds instead of weights.
 DIVERGED_FILE = "diverged.json"
+# A curve report waits at least this long after the previous report. Ray Train's result queue holds
+# one report, and its controller takes it every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a report
+# sooner than that blocks the step until the previous one is taken (2.0 s a report when sent back
+# to back, 6 ms when 3 s apart; docs/watching.md, "Measurements"). Closer curve points are skipped.
+CURVE_GAP_S = 1.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
 
 @dataclass
@@ -309,6 +314,7 @@ def train_loop_per_worker(config: dict) -> None:
     last_predictions: list[dict] = []  # the latest evaluation's, kept for a divergence report
     diverged = None
     norm = None
+    reported_at = -math.inf  # time.monotonic() of this worker's last report
     engine.train()
     while state["step"] < total and diverged is None:
         t0 = time.perf_counter()
@@ -353,14 +359,15 @@ def train_loop_per_worker(config: dict) -> None:
 
         last = state["step"] == total
         curve = None
-        if cfg.log_every and state["step"] % cfg.log_every == 0:
+        evaluating = last or (cfg.eval_every and state["step"] % cfg.eval_every == 0)
+        if cfg.log_every and (evaluating or state["step"] % cfg.log_every == 0):
             # This rank's own values of this step (rank 0's reach Tune): no collective, no sync.
             step_s = time.perf_counter() - t0
             curve = {"step": state["step"], "timesteps_total": state["step"],
                      "train/loss": step_loss / cfg.grad_accum, "train/learning_rate": float(engine.get_lr()[0]),
                      "train/grad_norm": None if norm is None else float(norm),
                      "train/tokens_per_s": (state["tokens"] - step_tokens) / step_s if step_s > 0 else None}
-        if last or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
+        if evaluating:
             loss_total, count_total = comm.sum([loss_sum, float(loss_count)])
             loss_sum, loss_count = 0.0, 0
             metrics = {
@@ -387,12 +394,15 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
             t0 = time.perf_counter()
             save_and_report(metrics, last_predictions, final=last)
+            reported_at = time.monotonic()
             state["checkpoint_time_s"] += time.perf_counter() - t0
             if first_probe_pending:
                 first_probe_pending = False
                 _fault_probe(cfg, rank)
-        elif curve is not None:
-            ray.train.report({k: v for k, v in curve.items() if v is not None})  # every rank calls it
+        elif curve is not None and comm.any(time.monotonic() - reported_at >= CURVE_GAP_S):
+            # Every rank reports (Train's report is collective); they decide together.
+            ray.train.report({k: v for k, v in curve.items() if v is not None})
+            reported_at = time.monotonic()
     if diverged:
         metrics = {"step": state["step"], "total_steps": total, "diverged": diverged, "precision": precision,
                    "devices_per_worker": devices_per_worker, "tokens": comm.sum([state["tokens"]])[0]}

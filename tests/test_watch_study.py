@@ -122,7 +122,11 @@ def test_mlflow_holds_one_run_per_trial_with_params_curves_and_final_metrics(stu
         assert run.info.status == "FINISHED"
         assert run.data.params["method"] == "lora" and run.data.params["phase"] == phase
         curve = client.get_metric_history(run.info.run_id, "train/loss")
-        assert sorted({m.step for m in curve}) == [1, 2, 3, 4], (trial_id, [m.step for m in curve])
+        # the first step, and every evaluation (search: 2 and 4; final: 4); others unless too close
+        # to the previous report (harness.worker.CURVE_GAP_S)
+        assert {1, 4} <= {m.step for m in curve} <= {1, 2, 3, 4}, (trial_id, [m.step for m in curve])
+        if phase == "search":
+            assert 2 in {m.step for m in curve}
         final = run.data.metrics
         assert final.get("done_final") == 1.0 and final.get("wall_s", 0) > 0
         key = "selection_accuracy" if phase == "search" else "report_accuracy"
