@@ -2,7 +2,7 @@
 
     python harness/search.py [--config FILE|PROFILE] [--address ADDR] [--resume [--accept-changed-profile]]
                              [--results-dir DIR] [--data-dir DIR] [--storage URI] [--study NAME]
-                             [--show-plan]
+                             [--show-plan [--json] [--target-mde POINTS]] [--mlflow URI] [--verbose]
 
 Layers (Ray's train/tune interop pattern): the *worker* loop lives in
 harness.worker and reads only its TrialConfig; the *driver* function
@@ -32,10 +32,7 @@ if __package__ in (None, ""):  # `python harness/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.searchspace import ConfigError
-from harness.study import power
-from harness.study.phases import run_study
 from harness.study.plan import build_plan
-from harness.study.progress import quiet_logs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,10 +56,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(default: the profile's storage, else inside the results dir); see docs/cluster.md")
     ap.add_argument("--study", default=None, help="study name (default: the profile's)")
     ap.add_argument("--show-plan", action="store_true",
-                    help="check the profile, print its parameter band and profile hash, and exit (starts nothing)")
+                    help="check the profile and print the study it would run: trials per phase and method, "
+                         "expected time, disk, where outputs go, parameter band, profile hash, the mde of its "
+                         "verdict; starts nothing")
+    ap.add_argument("--json", action="store_true", help="with --show-plan: print the plan as one JSON object")
     ap.add_argument("--target-mde", type=float, default=None, metavar="POINTS",
                     help="with --show-plan: how many final seeds an mde of POINTS needs")
+    ap.add_argument("--mlflow", default=None, metavar="URI",
+                    help="also log every trial to MLflow at this tracking URI (e.g. sqlite:///results/mlflow.db): "
+                         "one run per trial, the study's name as the experiment (overrides the profile's tracking)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show Ray's, DeepSpeed's and the libraries' messages (default: <results>/logs/<study>.log)")
     args = ap.parse_args(argv)
+    if args.json and not args.show_plan:
+        ap.error("--json only applies with --show-plan")
     if args.target_mde is not None and not (math.isfinite(args.target_mde) and args.target_mde > 0):
         ap.error(f"--target-mde must be a positive number of points, got {args.target_mde:g}")
     return args
@@ -75,16 +82,40 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.show_plan:
+        from harness.study import power
+        from harness.study.dryrun import format_overview, plan_overview
+
+        overview = plan_overview(plan)
+        overview["power"] = power.power_plan(plan, args.target_mde)
+        if args.json:
+            import json
+
+            print(json.dumps(overview, indent=1))
+        else:
+            print("\n".join(format_overview(overview) + power.describe(overview["power"])))
+        return 0
     if plan.band is not None:
         print("\n".join(plan.band.describe()), flush=True)
     if plan.profile_override:
         print(f"resuming under a changed profile: rows record profile_override={plan.profile_override[:12]}", flush=True)
-    if args.show_plan:
-        print(f"study {plan.study}: profile {plan.profile.source}, sha256 {plan.profile_sha256()}")
-        print("\n".join(power.describe(power.power_plan(plan, args.target_mde))))
-        return 0
-    quiet_logs()
-    return run_study(plan)
+    from harness.study.dryrun import log_path
+    from harness.study.phases import run_study
+    from harness.study.progress import console, quiet_logs
+
+    log = log_path(plan)
+    quiet_logs(log, verbose=args.verbose)
+    try:
+        return run_study(plan)
+    except Exception as exc:
+        if args.verbose:
+            raise
+        import traceback
+
+        traceback.print_exc()  # into the log
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (traceback in {log})",
+              file=console(), flush=True)
+        return 1
 
 
 if __name__ == "__main__":

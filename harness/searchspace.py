@@ -69,8 +69,9 @@ BOOL_PARAMS = ("share_routers", "use_intuition", "use_token_router", "output_gat
 PROFILE_KEYS = {
     "kind", "description", "study", "model", "datasets", "data", "methods", "reference",
     "trials_per_method", "max_concurrent_trials", "search", "final", "training", "resources", "overrides",
-    "param_budget", "plugins", "storage",
+    "param_budget", "plugins", "storage", "tracking",
 }
+TRACKING_KEYS = {"mlflow"}
 BUDGET_KEYS = {"match", "params", "tolerance", "at", "model_config"}
 DEFAULT_TOLERANCE = 0.25
 DATA_KEYS = {"synthetic", "seed", "n_train", "n_validation"}
@@ -513,6 +514,14 @@ def parse_profile(
     if training_keys is not None:
         _unknown(training, set(training_keys) - SEARCH_OWNED, f"{source}: training")
     raw["training"] = training
+
+    tracking = raw.get("tracking") or {}
+    if not isinstance(tracking, dict):
+        raise ConfigError(f"{source}: tracking must be a mapping, e.g. {{mlflow: sqlite:///mlflow.db}}")
+    _unknown(tracking, TRACKING_KEYS, f"{source}: tracking")
+    if "mlflow" in tracking and (not isinstance(tracking["mlflow"], str) or not tracking["mlflow"]):
+        raise ConfigError(f"{source}: tracking.mlflow must be an MLflow tracking URI, got {tracking['mlflow']!r}")
+    raw["tracking"] = tracking
 
     overrides = raw.setdefault("overrides", {}) or {}
     if not isinstance(overrides, dict):

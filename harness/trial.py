@@ -100,6 +100,9 @@ class TrialConfig:
     """Report-split examples per dataset scored at the end; None keeps all."""
     eval_every: int = 0
     """Optimizer steps between selection evaluations (each one a report to Tune); 0: only at the end."""
+    log_every: int = 8
+    """Optimizer steps between reports of rank 0's training curves (loss, learning rate, gradient norm,
+    tokens/s of that step) to Tune, which logs them (TensorBoard, MLflow); 0: none."""
     scored_roles: tuple[str, ...] = ("selection", "report")
     """What the trial scores: ``selection`` at every evaluation and at the end, ``report`` at the end.
     A study's search trials score selection only (they choose); its final runs report only (they publish)."""
@@ -188,6 +191,7 @@ class TrialConfig:
         for name in ("train_limit", "selection_limit", "report_limit"):
             _positive_int(name, getattr(self, name), allow_none=True)
         _positive_int("eval_every", self.eval_every, allow_zero=True)
+        _positive_int("log_every", self.log_every, allow_zero=True)
         if isinstance(self.scored_roles, str):
             self.scored_roles = tuple(r for r in self.scored_roles.split(",") if r)
         self.scored_roles = tuple(self.scored_roles)

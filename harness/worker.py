@@ -61,6 +61,11 @@ DIVERGED_FILE = "diverged.json"
 FINISHED_FILE = "finished.json"
 # Where a last checkpoint keeps the trained tensors (TrialConfig.keep: final): an adapter, or dense weights.
 ADAPTER_DIR, WEIGHTS_DIR = "adapter", "weights"
+# A curve report waits at least this long after the previous report. Ray Train's result queue holds
+# one report, and its controller takes it every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a report
+# sooner than that blocks the step until the previous one is taken (2.0 s a report when sent back
+# to back, 6 ms when 3 s apart; docs/watching.md, "Measurements"). Closer curve points are skipped.
+CURVE_GAP_S = 1.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
 
 @dataclass
@@ -332,9 +337,12 @@ def train_loop_per_worker(config: dict) -> None:
     first_probe_pending = checkpoint is None and cfg.fault_probe_dir is not None
     last_predictions: list[dict] = []  # the latest evaluation's, kept for a divergence report
     diverged = None
+    norm = None
+    reported_at = -math.inf  # time.monotonic() of this worker's last report
     engine.train()
     while state["step"] < total and diverged is None:
         t0 = time.perf_counter()
+        step_loss, step_tokens = 0.0, state["tokens"]
         for accum in range(cfg.grad_accum):
             micro = state["step"] * cfg.grad_accum + accum
             idx = batch_indices(n_train, seed=cfg.seed, micro_step=micro, batch_size=cfg.batch_size,
@@ -361,7 +369,9 @@ def train_loop_per_worker(config: dict) -> None:
                 diverged = _nonfinite("gradient norm", norm, state["step"] + 1, comm)
                 if diverged:
                     break
-            loss_sum += float(lm_loss.detach())
+            value = float(lm_loss.detach())
+            loss_sum += value
+            step_loss += value
             loss_count += 1
             state["tokens"] += float(batch.attention_mask.sum())
         if diverged:
@@ -372,7 +382,16 @@ def train_loop_per_worker(config: dict) -> None:
             state["time_to_first_step_s"] = time.time() - config["fit_started_at"]
 
         last = state["step"] == total
-        if last or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
+        curve = None
+        evaluating = last or (cfg.eval_every and state["step"] % cfg.eval_every == 0)
+        if cfg.log_every and (evaluating or state["step"] % cfg.log_every == 0):
+            # This rank's own values of this step (rank 0's reach Tune): no collective, no sync.
+            step_s = time.perf_counter() - t0
+            curve = {"step": state["step"], "timesteps_total": state["step"],
+                     "train/loss": step_loss / cfg.grad_accum, "train/learning_rate": float(engine.get_lr()[0]),
+                     "train/grad_norm": None if norm is None else float(norm),
+                     "train/tokens_per_s": (state["tokens"] - step_tokens) / step_s if step_s > 0 else None}
+        if evaluating:
             loss_total, count_total = comm.sum([loss_sum, float(loss_count)])
             loss_sum, loss_count = 0.0, 0
             metrics = {
@@ -386,6 +405,10 @@ def train_loop_per_worker(config: dict) -> None:
                 "scoring_precision": scoring,
                 "devices_per_worker": devices_per_worker,
                 "tokens": comm.sum([state["tokens"]])[0],
+                # ASHA's time (harness.study.phases.scheduler_for) and the x-axis of Tune's loggers.
+                "evaluation": math.ceil(state["step"] / cfg.eval_every) if cfg.eval_every else 1,
+                "timesteps_total": state["step"],
+                **(curve or {}),
             }
             t0 = time.perf_counter()
             last_predictions = _score(evaluate, data, cfg, metrics, final=last, module=module, comm=comm,
@@ -395,10 +418,15 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics.update(_final_metrics(state, trainable_params, comm, entered_at))
             t0 = time.perf_counter()
             save_and_report(metrics, last_predictions, final=last)
+            reported_at = time.monotonic()
             state["checkpoint_time_s"] += time.perf_counter() - t0
             if first_probe_pending:
                 first_probe_pending = False
                 _fault_probe(cfg, rank)
+        elif curve is not None and comm.any(time.monotonic() - reported_at >= CURVE_GAP_S):
+            # Every rank reports (Train's report is collective); they decide together.
+            ray.train.report({k: v for k, v in curve.items() if v is not None})
+            reported_at = time.monotonic()
     if diverged:
         metrics = {"step": state["step"], "total_steps": total, "diverged": diverged, "precision": precision,
                    "devices_per_worker": devices_per_worker, "tokens": comm.sum([state["tokens"]])[0]}

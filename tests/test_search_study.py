@@ -236,7 +236,7 @@ def test_second_study_appends_and_keeps_the_first(study_s1, results, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # the unit step was timed before the study, and the study's time is stated in units of it
     unit = re.search(r"unit: ([\d.]+) s, one fp32 PEFT-LoRA r=8 AdamW step", run.stdout)
-    done = re.search(r"study s2 finished in (\d+):(\d+) = (\d+) units of ([\d.]+) s", run.stdout)
+    done = re.search(r"study s2 finished in (\d+):(\d+):(\d+) = (\d+) units of ([\d.]+) s", run.stdout)
     assert unit and done, run.stdout[-3000:]
     summary = pytest.importorskip("pandas").read_parquet(results / "summary.parquet")
     s2_timing = summary[summary.study == "s2"].iloc[0]
@@ -246,7 +246,7 @@ def test_second_study_appends_and_keeps_the_first(study_s1, results, tmp_path):
     assert s2_timing.unit_s == pytest.approx(min(float(unit.group(1)), float(again.group(1))), abs=0.01)
     assert s2_timing.unit_s > 0
     assert s2_timing.study_units == pytest.approx(s2_timing.study_s / s2_timing.unit_s)
-    assert round(s2_timing.study_units) == int(done.group(3))
+    assert round(s2_timing.study_units) == int(done.group(4))
     after = read_rows(lb).to_pandas()
     kept = after[after.study == "s1"].reset_index(drop=True)
     pd_testing = pytest.importorskip("pandas.testing")

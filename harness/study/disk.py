@@ -63,28 +63,28 @@ def _max_trainable(plan, counter) -> dict[str, int]:
     return out
 
 
-def expected_disk(plan, *, trainable: dict[str, int] | None = None, total_params: int | None = None) -> dict:
+def expected_disk(plan, *, trainable: dict[str, int | None] | None = None) -> dict:
     """Expected bytes the study's storage holds at its peak and at its end.
 
-    ``trainable``: {method: trained parameters of its largest sampled size}; ``total_params``: the
-    model's parameter count (a dense final run's kept weights). Both are counted on the meta device
-    from the plan when not given. Returns ``{"peak_bytes", "end_bytes", "per_method": {method:
-    {"trained_params", "state_bytes", "trial_peak_bytes", "kept_bytes"}}}``.
+    ``trainable``: {method: trained parameters of its largest sampled size} (a full-finetuning
+    method's is the whole model), counted on the meta device from the plan when not given; a
+    method counted as None makes the totals None (unknown). Returns ``{"peak_bytes", "end_bytes",
+    "per_method": {method: {"trained_params", "state_bytes", "trial_peak_bytes", "kept_bytes"}}}``.
 
     Peak: ``max_concurrent_trials`` search trials of the largest methods at once, each holding
     ``keep_checkpoints`` states, and one more while the next is written, if it evaluates more than
     once before its end (a final run evaluates only at its end and holds no state), plus what the
-    final runs recorded before them keep. End: the kept tensors of every final run. Predictions,
-    leaderboard and Tune's records (kilobytes a trial) are left out.
+    final runs recorded before them keep. End: the kept tensors of every final run (an adapter's
+    always, full finetuning's when ``final.keep: final``; the reference run keeps none).
+    Predictions, leaderboard and Tune's records (kilobytes a trial) are left out.
     """
     p = plan.profile
-    if trainable is None or total_params is None:
+    if trainable is None:
         from harness.models import load_model_config
         from harness.study.budget import Counter, counter_for
 
         counter = counter_for(p) if p.budget is not None else Counter(load_model_config(p.model), p.model)
-        trainable = trainable or _max_trainable(plan, counter)
-        total_params = total_params or counter("dense", {})
+        trainable = _max_trainable(plan, counter)
     t = p.training
     steps, every = t.get("steps"), t.get("eval_every") or 0
     # Evaluations before the last one: each saves resumable state.
@@ -95,11 +95,13 @@ def expected_disk(plan, *, trainable: dict[str, int] | None = None, total_params
     held = intermediate if intermediate <= keep else keep + 1  # a new state is complete before the older goes
     per_method = {}
     for method, n in trainable.items():
+        role = registry.get(method).role
+        if role == "reference":
+            continue  # scores the base model: no state, nothing kept
+        if n is None:
+            return {"peak_bytes": None, "end_bytes": None, "per_method": per_method}
         state = STATE_BYTES_PER_PARAM * n
-        if registry.get(method).role == "adapter":
-            kept = KEPT_BYTES_PER_PARAM * n
-        else:
-            kept = KEPT_BYTES_PER_PARAM * total_params if p.final.get("keep", "none") == "final" else 0
+        kept = KEPT_BYTES_PER_PARAM * n if role == "adapter" or p.final.get("keep", "none") == "final" else 0
         per_method[method] = dict(trained_params=n, state_bytes=state, trial_peak_bytes=state * held,
                                   kept_bytes=kept)
     seeds = len(p.final["seeds"])

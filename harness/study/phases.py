@@ -18,7 +18,7 @@ from harness import leaderboard
 from harness.records import write_timing
 from harness.study import timing as timing_mod
 from harness.study.plan import Plan, write_twins
-from harness.study.progress import Progress, clock, start
+from harness.study.progress import Progress, clock, console, start
 from harness.study.sampler import PHASES, MethodScheduler, StudySearcher
 from harness.study.tune import num_evals, run_tuner
 
@@ -30,8 +30,11 @@ def scheduler_for(plan: Plan, kind: str | None = None):
     s = plan.profile.search
     if (kind or s["scheduler"]) != "asha":
         return FIFOScheduler()
-    max_evals = num_evals(plan) + 1  # the driver's closing report is one more iteration
-    return MethodScheduler(lambda: ASHAScheduler(max_t=max_evals, grace_period=min(s["grace_period"], max_evals),
+    max_evals = num_evals(plan) + 1  # ASHA stops a trial at max_t: one past its last evaluation, so it ends itself
+    # Timed in evaluations (the worker's "evaluation" count), not Tune iterations: the training
+    # curves' reports between evaluations are iterations too.
+    return MethodScheduler(lambda: ASHAScheduler(time_attr="evaluation", max_t=max_evals,
+                                                 grace_period=min(s["grace_period"], max_evals),
                                                  reduction_factor=s["reduction_factor"]))
 
 
@@ -47,6 +50,20 @@ def run_phases(plan: Plan, progress: Progress, *, phases: tuple[str, ...] = PHAS
     """Run ``phases`` of the study in one Tuner (harness.study.sampler.StudySearcher decides the order)."""
     run_tuner(plan, search_alg=StudySearcher(plan, phases=phases, algorithm=algorithm),
               scheduler=scheduler_for(plan, scheduler), num_samples=total_trials(plan, phases), progress=progress)
+
+
+def study_eta(plan: Plan, progress: Progress, unit_s: float | None) -> timing_mod.Eta:
+    """The study's ETA (harness.study.timing.Eta), timed by the unit measured before the clock or
+    an earlier study's; a resumed study starts from the trials it had already finished."""
+    if unit_s is None:
+        unit_s, _ = timing_mod.known_unit_s(plan.results_dir, plan.study)
+    eta = timing_mod.Eta(plan, unit_s)
+    if plan.resume:
+        done = timing_mod.previous_trials(plan.results_dir, study=plan.study)
+        eta.seed(done)
+        for status, n in timing_mod.recorded_statuses(plan.results_dir, plan.study).items():
+            progress.counts[status] = progress.counts.get(status, 0) + n
+    return eta
 
 
 def run_study(plan: Plan) -> int:
@@ -73,6 +90,7 @@ def run_study(plan: Plan) -> int:
         progress.line(f"unit: {unit['unit_s']:.2f} s, one {timing_mod.UNIT_NAME} ({unit['cpu']}, "
                       f"{unit['threads']} threads); the study's clock starts now")
     progress.start = time.time()
+    progress.eta = study_eta(plan, progress, timing.get("unit_s"))
     init_ray(plan.address, num_cpus=p.resources.get("ray_num_cpus"))
     run_phases(plan, progress)
 
@@ -91,10 +109,10 @@ def run_study(plan: Plan) -> int:
     write_timing(plan.results_dir, plan.study, timing)
     leaderboard.write_summary(plan.results_dir)
     progress.line(f"study {plan.study} finished in {clock(study_s)}{in_units}")
-    print()
+    print(file=console())
     predictions = leaderboard.load_predictions(plan.results_dir, plan.study)
-    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study, predictions))
+    print(leaderboard.format_table(leaderboard.load(plan.results_dir), plan.study, predictions), file=console())
     verdicts = leaderboard.format_verdicts(predictions, plan.study)
     if verdicts:
-        print(verdicts)
+        print(verdicts, file=console())
     return 0

@@ -9,6 +9,7 @@ the provenance every row of the study carries, and writing the twins.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,12 +19,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import leaderboard
 from harness import methods as registry
-from harness.predictions import PREDICTIONS_FILE
-from harness.records import read_rows
 from harness.searchspace import ConfigError, Profile, Space, expand_params, load_profile
-from harness.study.budget import Band, counter_for, param_matched, resolve_band, restrict_spaces
+from harness.study.budget import (Band, MethodSizes, counter_for, joint_space, param_matched, resolve_band,
+                                  restrict_spaces)
+
+# File names under the results dir (harness.leaderboard, harness.predictions), spelled here so that
+# planning -- and ``--show-plan`` -- imports neither pandas nor the statistics.
+LEADERBOARD_FILE = "leaderboard.parquet"
+PREDICTIONS_FILE = "predictions.parquet"
 
 METRIC = "selection_accuracy"
 # What each phase scores (TrialConfig.scored_roles).
@@ -47,6 +51,8 @@ class Plan:
     """Set when --resume accepted a changed profile: the profile hash the study ran under before."""
     storage_uri: str | None = None
     """Ray's storage for trials and checkpoints (--storage, or the profile's ``storage:``); None: in the results dir."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (``--mlflow`` or the profile's ``tracking: mlflow``): one MLflow run per trial."""
     _memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -65,7 +71,7 @@ class Plan:
 
     @property
     def leaderboard_path(self) -> Path:
-        return self.results_dir / leaderboard.LEADERBOARD_FILE
+        return self.results_dir / LEADERBOARD_FILE
 
     @property
     def ray_dir(self) -> Path:
@@ -111,8 +117,8 @@ class Plan:
     def resolved_profile(self) -> dict:
         """The profile as the study runs it: every default filled in, each method's space after the
         profile's overrides and the parameter band, and the band itself. What the profile hash covers."""
-        # Where checkpoints go (storage) changes no number, so it is not part of the hash.
-        raw = {k: v for k, v in self.profile.raw.items() if k not in ("description", "storage")}
+        # Where checkpoints go (storage) and trackers change no number, so they are not part of the hash.
+        raw = {k: v for k, v in self.profile.raw.items() if k not in ("description", "storage", "tracking")}
         spaces = {m: {name: dataclasses.asdict(p) for name, p in sorted(space.params.items())}
                   for m, space in sorted(self.profile.spaces.items())}
         return {"profile": raw, "spaces": spaces, "param_band": self.band.to_json() if self.band else None}
@@ -146,6 +152,14 @@ class Plan:
         cfg = TrialConfig(**self.base_trial(method, phase), hparams=hparams)
         band = (self.band.low, self.band.high) if self.band else None
         return to_json(trial_budget(cfg, total_steps=total_steps, band=band, param_matched=param_matched(method)))
+
+
+def trial_counts(plan: Plan) -> dict[str, dict[str, int]]:
+    """{phase: {method: trials}} of the study, in the order the phases run."""
+    p = plan.profile
+    return {"reference": {m: 1 for m in p.reference},
+            "search": {m: p.trials_per_method for m in p.methods},
+            "final": {m: len(p.final["seeds"]) for m in p.methods}}
 
 
 def make_trial_config(base: dict, *, learning_rate: float | None, hparams: dict, seed: int):
@@ -222,8 +236,10 @@ def _check_results_dir(results_dir: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"results dir {results_dir} is not writable ({exc.strerror or exc})") from None
     if results_dir.exists():
-        lb = results_dir / leaderboard.LEADERBOARD_FILE
+        lb = results_dir / LEADERBOARD_FILE
         if lb.exists():
+            from harness.records import read_rows
+
             try:
                 read_rows(lb)
             except Exception as exc:
@@ -271,8 +287,19 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 storage_uri=getattr(args, "storage", None) or profile.raw.get("storage"))
     if plan.storage_uri is not None and not getattr(args, "show_plan", False):
         plan.storage.check_writable()
+    plan.mlflow_uri = getattr(args, "mlflow", None) or profile.raw.get("tracking", {}).get("mlflow")
+    if plan.mlflow_uri is not None:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"MLflow tracking ({plan.mlflow_uri}) needs the mlflow client: "
+                              "pip install '.[mlflow]'") from None
 
-    existing = leaderboard.load(results_dir) if plan.leaderboard_path.exists() else None
+    existing = None
+    if plan.leaderboard_path.exists():
+        from harness import leaderboard
+
+        existing = leaderboard.load(results_dir)
     study_recorded = existing is not None and (existing.study == study).any()
     accept_changed = bool(getattr(args, "accept_changed_profile", False))
     if accept_changed and not args.resume:
@@ -284,6 +311,35 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(
             f"study {study!r} already exists in {results_dir}; pass --resume to continue it or --study NEW"
         )
+
+    _check_methods(plan)
+
+    if args.resume and study_recorded:
+        _check_profile_unchanged(plan, existing[existing.study == study], accept_changed)
+    return plan
+
+
+def _check_methods(plan: Plan) -> None:
+    """Restrict every adapter's sizes to the parameter band (counted on the meta device) and build
+    every method's trial config at both ends of its space.
+
+    Both need torch, transformers and peft (seconds of imports, and the counts take longer). Their
+    outcome is a function of the profile, its spaces, the code and the installed packages alone,
+    so it is kept in the harness's cache under a key of all of these (``check_key``): an unchanged
+    profile is checked once per machine, and ``--show-plan`` answers in about two seconds after that.
+    """
+    profile = plan.profile
+    key = check_key(plan)
+    cached = _read_checked(key)
+    if cached is not None:
+        plan.band = _band_from_json(cached["band"]) if cached["band"] is not None else None
+        if plan.band is not None:
+            for method, sizes in plan.band.methods.items():
+                if sizes.size_params:
+                    profile.spaces[method] = joint_space(profile.spaces[method], sizes)
+        plan._memo["checked"] = "cached"
+        plan._memo["trainable"] = cached.get("trainable", {})
+        return
 
     # Parameter-matched search: restrict every adapter's sizes to the band, counting on the meta device.
     if profile.budget is not None:
@@ -304,10 +360,129 @@ def build_plan(args: argparse.Namespace) -> Plan:
             make_trial_config(plan.base_trial(method, "reference"), learning_rate=None, hparams={}, seed=0)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{profile.source}: {method}: {one_line(exc)}") from None
+    plan._memo["trainable"] = _trainable_counts(plan)
+    _write_checked(key, {"band": dataclasses.asdict(plan.band) if plan.band is not None else None,
+                         "trainable": plan._memo["trainable"]})
+    plan._memo["checked"] = "now"
 
-    if args.resume and study_recorded:
-        _check_profile_unchanged(plan, existing[existing.study == study], accept_changed)
-    return plan
+
+def _trainable_counts(plan: Plan) -> dict[str, int | None]:
+    """{method: the most trainable parameters a trial of it may have}, for the disk estimate: the
+    largest admitted size of a parameter-matched adapter, else a count at the space's high end (meta
+    device); None where the model's config cannot be read here (a hub model offline)."""
+    from harness.methods import count_trainable_params
+    from harness.models import load_model_config
+
+    out: dict[str, int | None] = {m: 0 for m in plan.profile.reference}
+    budget = plan.profile.budget
+    source = str(budget.model_config) if budget is not None and budget.model_config is not None else plan.profile.model
+    try:
+        config = load_model_config(source)
+    except (ValueError, OSError):
+        config = None
+    for method, space in plan.profile.spaces.items():
+        sizes = plan.band.methods.get(method) if plan.band is not None else None
+        if sizes is not None and sizes.admitted:
+            out[method] = max(max(counts) for _, counts in sizes.admitted)
+            continue
+        if config is None:
+            out[method] = None
+            continue
+        _, hparams = expand_params(method, space_corner(space, "high"), space)
+        try:
+            out[method] = count_trainable_params(config, method, hparams)
+        except (ValueError, TypeError):
+            out[method] = None
+    return out
+
+
+# The packages whose behaviour the checks depend on (parameter counts, config validation).
+CHECKED_PACKAGES = ("torch", "transformers", "peft")
+
+
+def check_key(plan: Plan) -> str:
+    """sha256 of everything the checks of ``_check_methods`` read: the profile and its spaces as
+    loaded, the parameter budget (with the bytes of its ``model_config``), the trials' data dir,
+    every source file of ``harness`` and ``mor1e``, and the versions of torch, transformers and peft."""
+    import importlib.metadata
+
+    profile = plan.profile
+    h = hashlib.sha256()
+    budget = profile.budget
+    model_config = None
+    if budget is not None and budget.model_config is not None:
+        path = budget.model_config
+        path = path / "config.json" if path.is_dir() else path
+        model_config = hashlib.sha256(path.read_bytes()).hexdigest()
+    model_path = Path(profile.model)
+    if (model_path / "config.json").is_file():  # a local model: its config decides the counts
+        model_config = (model_config or "") + hashlib.sha256((model_path / "config.json").read_bytes()).hexdigest()
+    inputs = {
+        "profile": profile.raw,
+        "spaces": {m: {n: dataclasses.asdict(p) for n, p in sorted(sp.params.items())}
+                   for m, sp in sorted(profile.spaces.items())},
+        "budget": None if budget is None else {"match": budget.match, "params": budget.params, "at": budget.at,
+                                               "tolerance": budget.tolerance},
+        "model_config": model_config,
+        "data_dir": None if plan.data_dir is None else str(plan.data_dir),
+        "versions": {name: _version(importlib.metadata, name) for name in CHECKED_PACKAGES},
+    }
+    h.update(json.dumps(inputs, sort_keys=True, default=str).encode())
+    root = Path(__file__).resolve().parents[2]
+    for package in ("harness", "mor1e"):
+        for source in sorted((root / package).rglob("*.py")):
+            h.update(str(source.relative_to(root)).encode())
+            h.update(source.read_bytes())
+    return h.hexdigest()
+
+
+def _version(metadata, name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _checks_dir() -> Path:
+    """``<harness cache>/checks``: the folder of harness.models.cache_dir ($MOR1E_CACHE, else
+    $XDG_CACHE_HOME/mor1e, else ~/.cache/mor1e), spelled here to keep torch out of planning."""
+    if os.environ.get("MOR1E_CACHE"):
+        base = Path(os.environ["MOR1E_CACHE"])
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mor1e"
+    return base / "checks"
+
+
+def _read_checked(key: str) -> dict | None:
+    try:
+        return json.loads((_checks_dir() / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_checked(key: str, record: dict) -> None:
+    """Atomically; a cache that cannot be written is skipped (the checks run again next time)."""
+    folder = _checks_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:12]}.", suffix=".tmp", dir=folder)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, default=str)
+        os.replace(tmp, folder / f"{key}.json")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _band_from_json(d: dict) -> Band:
+    methods = {m: MethodSizes(size_params=list(ms["size_params"]), range_params=list(ms["range_params"]),
+                              admitted=[(dict(s), list(c)) for s, c in ms["admitted"]],
+                              excluded=[(dict(s), c if isinstance(c, str) else list(c)) for s, c in ms["excluded"]])
+               for m, ms in d["methods"].items()}
+    return Band(**{**d, "methods": methods})
 
 
 def _check_profile_unchanged(plan: Plan, rows, accept_changed: bool) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import leaderboard, stats
+from harness import stats
 
 # The twins at the default budget: σ_seed from one default study's two seed pairs, MoR1E - LoRA
 # Δ̄_s = -2.2 and -14.3 points (one degree of freedom: rough); σ_α assumed (docs/statistics.md).
@@ -53,6 +53,8 @@ def report_sizes(plan) -> list[int]:
 
 def measured_prior(results_dir: Path, profile_sha256: str) -> stats.Prior | None:
     """σ_seed and σ_α of the latest earlier study of this profile, from its final report predictions."""
+    from harness import leaderboard
+
     lb_path = Path(results_dir) / leaderboard.LEADERBOARD_FILE
     if not lb_path.exists():
         return None

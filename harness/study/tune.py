@@ -119,16 +119,23 @@ class RecordAndReport(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         self._sweep(every_s=ORPHAN_SWEEP_S)
+        progress = current()
+        if progress.status_due():
+            progress.line(progress.status())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         progress = current()
         progress.running.add(trial.trial_id)
+        if progress.eta is not None:
+            progress.eta.started(trial.trial_id, trial.config["method"], trial.config["phase"])
         shown = ", ".join(f"{k}={short(v)}" for k, v in trial.config.items() if k not in ("method", "phase"))
         progress.line(f"{_name(trial)} trial {trial.trial_id} started: {shown}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Merged: the driver's closing report adds to the workers' last one.
         self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **result}
+        if current().eta is not None:
+            current().eta.progressed(trial.trial_id, result.get("step"))
         if not result.get("done_final") and METRIC in result:
             step = result.get("step", result.get("training_iteration"))
             current().line(f"{trial.config['method']} trial {trial.trial_id} step {step}: selection "
@@ -159,6 +166,8 @@ class RecordAndReport(Callback):
         prune(self.plan, trial.trial_id, trial.config, result)
         score = result.get(METRIC) if status == "completed" and phase == "search" else None
         progress.finished(trial.trial_id, status, method, score)
+        if progress.eta is not None:
+            progress.eta.ended(trial.trial_id, result.get("step"), result.get("wall_s"))
         report = [m.get("accuracy") for m in per_dataset(result, "report").values()]
         report = [a for a in report if a is not None]
         progress.line(f"{_name(trial)} trial {trial.trial_id} {status}" + (f" ({reason})" if reason else "")
@@ -177,6 +186,17 @@ def prune(plan: Plan, trial_id: str, config: dict, result: dict) -> None:
                     checkpoint_path=result.get("checkpoint_path"))
     except OSError as exc:
         current().line(f"trial {trial_id}: its checkpoints stay in {plan.storage.uri} ({' '.join(str(exc).split())})")
+def tracker_callbacks(plan: Plan) -> list:
+    """Ray Tune's own tracker callbacks the study asks for: MLflow (``plan.mlflow_uri``) logs one run
+    per trial -- its config as params, every result (curves, evaluations, final metrics) as metrics at
+    the trial's optimizer step -- in an experiment named after the study. TensorBoard, CSV and JSON
+    are Tune's default loggers and need no callback here."""
+    if not plan.mlflow_uri:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=plan.mlflow_uri, experiment_name=plan.study,
+                                 tags={"study": plan.study, "profile_sha256": plan.profile_sha256()})]
 
 
 def _name(trial) -> str:
@@ -229,6 +249,11 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
         for callback in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(callback, RecordAndReport):
                 callback.plan = plan
+        # A tracker asked for now and not by the interrupted run joins it (one of a kind each).
+        run_config = tuner._local_tuner.get_run_config()
+        kinds = {type(c) for c in run_config.callbacks or []}
+        run_config.callbacks = [*(run_config.callbacks or []),
+                                *(c for c in tracker_callbacks(plan) if type(c) not in kinds)]
     else:
         if path.exists():  # a start that was killed before Tune saved any state
             shutil.rmtree(path)
@@ -245,7 +270,7 @@ def run_tuner(plan: Plan, *, search_alg, scheduler, num_samples: int, progress: 
             ),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=str(plan.ray_dir),
-                callbacks=[RecordAndReport(plan, default_seed)],
+                callbacks=[RecordAndReport(plan, default_seed), *tracker_callbacks(plan)],
                 verbose=0, failure_config=tune.FailureConfig(max_failures=p.resources["trial_retries"]),
             ),
         )
