@@ -101,7 +101,7 @@ def test_the_check_cache_key_follows_the_profile(tmp_path, cache):
     assert p1.profile.spaces["lora"].params.keys() == p2.profile.spaces["lora"].params.keys()
     k3, p3 = key(trials_per_method=3)
     assert k3 != k1 and p3._memo["checked"] == "now"
-    k4, _ = key(overrides={"mor1e": {"num_clusters": {"low": 2, "high": 3}}})
+    k4, _ = key(overrides={"mor1e": {"num_clusters": {"role": "scientific", "type": "int", "low": 2, "high": 3}}})
     assert k4 not in (k1, k3)
 
 
