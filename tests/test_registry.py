@@ -62,8 +62,15 @@ def plugin_dir(tmp_path_factory):
     (d / "normtune.yaml").write_text(SPACE)
     (d / "clash_plugin.py").write_text(CLASH)
     sys.path.insert(0, str(d))
+    saved = dict(methods._REGISTRY)
     yield d
     sys.path.remove(str(d))
+    # the plugins registered for this module's tests only: later tests see the built-in methods
+    methods._REGISTRY.clear()
+    methods._REGISTRY.update(saved)
+    methods.METHODS = tuple(saved)
+    for name in ("normtune_plugin", "clash_plugin"):
+        sys.modules.pop(name, None)
 
 
 def test_leaderboard_order_and_baselines_come_from_the_registry():
