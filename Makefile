@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Keep every Ray process on 127.0.0.1 (see README, "Network").
+# Keep every Ray process on 127.0.0.1 (docs/testing.md, "Network").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # Idle OpenMP threads sleep instead of spinning; on a 2-core machine shared by
 # several Ray workers, spinning threads starve the ones doing work.

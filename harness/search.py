@@ -6,11 +6,11 @@
 
 Layers (Ray's train/tune interop pattern): the *worker* loop lives in
 harness.worker and reads only its TrialConfig; the *driver* function
-(harness.study.tune) runs inside one Tune trial and calls ``run_trial``; a
-*Tuner* per method and phase runs the sweep, sampling on this process with
-Optuna (TPE after quasi-random warm-up, study kept in SQLite;
-harness.study.sampler) and stopping weak trials with ASHA on the selection
-metric. This file is the command line; the study itself is harness.study.
+(harness.study.tune) runs inside one Tune trial and calls ``run_trial``; one
+*Tuner* runs the whole study, sampling on this process with Optuna (TPE after
+quasi-random warm-up, study kept in SQLite; harness.study.sampler) and stopping
+weak trials with ASHA on the selection metric. This file is the command line;
+the study itself is harness.study.
 
 Phases of a study, all recorded in ``<results>/leaderboard.parquet``:
 1. reference: zero-shot evaluation of the base model (no search);

@@ -165,7 +165,7 @@ def answer_loss(model, batch: Batch, keep_arg: str | None, reduction: str = "tok
 def cpu_has_bf16_matmul() -> bool:
     """True on CPUs with bf16 matrix instructions: AMX tiles (Intel) or AVX512-BF16 (e.g. AMD EPYC).
 
-    On both, bf16 autocast trains faster than fp32 (README, "Precision": 1.28x per trial step with
+    On both, bf16 autocast trains faster than fp32 (docs/benchmarks.md, "Precision": 1.28x per trial step with
     AMX; 1.66x per LoRA step of 8x48 tokens on one thread of an EPYC with AVX512-BF16), so
     ``dtype: auto`` picks it there.
     """

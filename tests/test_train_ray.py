@@ -21,7 +21,7 @@ from harness.training import trial_precision
 pytestmark = pytest.mark.slow
 
 DATASETS = ("boolq", "copa")
-# Learning check: two twins whose conventions a short run learns (README, "Learning check"). On the
+# Learning check: two twins whose conventions a short run learns (docs/benchmarks.md, "Twins: zero-shot and learning checks"). On the
 # 14-twin mixture at 48 steps (python -m harness.data.learncheck) piqa gained 58 and hellaswag 55 points.
 LEARN_DATASETS = ("piqa", "hellaswag")
 LEARN_STEPS = 60

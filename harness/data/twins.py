@@ -37,7 +37,7 @@ Group = list[dict]
 # table of two to eight entries read from one cue word close to the answer (a common
 # one-token word where the convention allows): a model that has not seen the twin cannot
 # know it, and how many of them a short finetune on the 14-twin mixture (~27 examples per
-# twin) picks up is measured in the README ("Learning check").
+# twin) picks up is measured in docs/benchmarks.md ("Twins: zero-shot and learning checks").
 NAMES = ("Tarka", "Pell", "Miva", "Dole", "Sefa", "Oru", "Kest", "Lumo", "Vane", "Jora", "Fenn", "Rilo")
 OBJECTS = ("cup", "key", "hat", "bell", "bag", "lamp", "drum", "bowl", "kite", "rope", "coin", "book")
 PENS = ("pen", "barn", "yard", "cage", "shed", "hut")

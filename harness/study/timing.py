@@ -116,7 +116,7 @@ def prepare(plan: Plan, progress: Progress) -> dict:
 # ---------------------------------------------------------------- the time model
 
 # The prior: what one trial costs, in units, before any trial of its method has finished. From the
-# default study's timings on two CPUs (README, "Where the time goes": per-step training, scoring and
+# default study's timings on two CPUs (docs/benchmarks.md, "Where the time goes": per-step training, scoring and
 # Ray Train's start-up and teardown, each divided by that machine's unit), at 1 torch thread per
 # trial: a training step of an 8-example batch, one scored example, and the fixed cost of a trial.
 PRIOR_UNITS = {
