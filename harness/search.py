@@ -42,7 +42,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = _Parser(description="Run a Ray Tune + Optuna study over MoR1E and its baselines.")
+    ap = _Parser(
+        description="Run a Ray Tune + Optuna study over MoR1E and its baselines: reference, search and final "
+                    "phases, every trial a Ray Train job; results go to the leaderboard.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  python harness/search.py                                   the default offline study (embedded Ray)
+  python harness/search.py --show-plan --target-mde 5        what it would run, its time, disk and mde
+  python harness/search.py --config paper --address auto --storage s3://bucket/studies
+
+writes, under --results-dir (default results/): leaderboard.parquet, predictions.parquet,
+summary.parquet, optuna/<study>.sqlite, logs/<study>.log, ray/<study>/ (Tune's state and
+TensorBoard logs); checkpoints go to --storage (default: inside the results dir).
+docs/study.md: profiles, phases, resume; docs/cluster.md: storage.""")
     ap.add_argument("--config", default=None,
                     help="profile name in search_spaces/ (default, paper) or a profile .yaml file (default: default)")
     ap.add_argument("--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded Ray)")

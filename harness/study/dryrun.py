@@ -28,7 +28,7 @@ def outputs(plan: Plan) -> dict[str, str]:
         "optuna": str(plan.optuna_path),
         "tune": str(plan.ray_dir / "study"),
         "tensorboard": str(plan.ray_dir.parent),
-        "checkpoints": str(plan.ray_dir / "train"),
+        "checkpoints": plan.train_storage_path,  # --storage, else inside the results dir
         "timing": str(r / "timing" / f"{plan.study}.json"),
         "log": str(log_path(plan)),
     }
