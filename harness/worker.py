@@ -554,6 +554,8 @@ def _export_trained(module, directory: Path, *, method: str, rank: int, zero3: b
                     intuition: dict | None = None) -> None:
     """The trained tensors alone: an adapter (the method's own save_adapter, which carries the
     intuition centroids it was trained with) or a dense run's weights (safetensors)."""
+    from harness.methods import get
+
     save_adapter = get(method).save_adapter
     if save_adapter is not None:
         _export_adapter(module, directory / ADAPTER_DIR, rank=rank, zero3=zero3,
