@@ -95,7 +95,7 @@ def test_mor1e_zero2_two_workers_loss_falls_checkpoint_and_per_dataset_metrics(t
     from harness.records import append_rows, read_rows
     from harness.train import run_trial, trial_rows
 
-    cfg = tiny_config(twins)
+    cfg = tiny_config(twins, keep_checkpoints=2)  # both evaluations' checkpoints stay, so both reports read back
     result = run_trial(cfg, name="zero2", storage_path=tmp_path)
     check_trial_result(result, cfg)
     history = reported(tmp_path / "zero2")
@@ -190,7 +190,8 @@ def test_zero3_killed_worker_resumes_from_last_checkpoint(twins, ray_session, tm
     from harness.train import run_trial
 
     probe = tmp_path / "probe"
-    cfg = tiny_config(twins, zero_stage=3, fault_probe_dir=str(probe), max_failures=1)
+    # keep_checkpoints=2: the step-6 checkpoint stays beside step 12, so both reports read back
+    cfg = tiny_config(twins, zero_stage=3, fault_probe_dir=str(probe), max_failures=1, keep_checkpoints=2)
     run_dir = tmp_path / "runs" / "fault"
     killed: dict = {}
 
