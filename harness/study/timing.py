@@ -192,7 +192,7 @@ def trial_work(plan: Plan) -> dict[tuple[str, str], Work]:
     ``--data-dir``) and the per-dataset limits; on the hub they are taken at the limits.
     """
     from harness.data.loading import selection_size
-    from harness.study.plan import _count_rows, _default_field
+    from harness.study.plan import _default_field
 
     p = plan.profile
     t = p.training
