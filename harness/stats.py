@@ -58,14 +58,12 @@ contain Clopper–Pearson's (so 16/16 on every seed is not [100, 100]).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 from scipy import stats as scipy_stats
 
 ALPHA = 0.05  # two-sided level of every test, interval and verdict
@@ -201,15 +199,25 @@ def _as_float(x) -> np.ndarray:
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
+# Means over one axis of (..., n examples, k seeds) as matrix products: numpy's reductions over a
+# short or strided axis are several times slower, which the calibration's millions of studies feel.
+def _over_seeds(x: np.ndarray) -> np.ndarray:
+    return (x @ np.ones(x.shape[-1], dtype=x.dtype)) / x.shape[-1]
+
+
+def _over_examples(x: np.ndarray) -> np.ndarray:
+    return (np.ones(x.shape[-2], dtype=x.dtype) @ x) / x.shape[-2]
+
+
 def _residual_ms(x: np.ndarray) -> np.ndarray:
     """Residual mean square of the additive example + seed fit of x (..., n, k); needs n, k ≥ 2.
 
     From sums of squares (no residual array): SS = Σx² − kΣ r̄_i² − nΣ c̄_s² + nk ḡ².
     """
     n, k = x.shape[-2:]
-    rows, cols = x.mean(axis=-1), x.mean(axis=-2)
+    rows, cols = _over_seeds(x), _over_examples(x)
     grand = rows.mean(axis=-1)
-    ss = ((x * x).sum(axis=(-2, -1)) - k * (rows * rows).sum(axis=-1) - n * (cols * cols).sum(axis=-1)
+    ss = (np.einsum("...ik,...ik->...", x, x) - k * (rows * rows).sum(axis=-1) - n * (cols * cols).sum(axis=-1)
           + n * k * grand * grand)
     return np.maximum(ss, 0.0) / ((n - 1) * (k - 1))
 
@@ -224,8 +232,8 @@ def dataset_stats(a: np.ndarray, b: np.ndarray | None = None, *, paired: bool = 
     a = _as_float(a)
     b = None if b is None else _as_float(b)
     n, k_a = a.shape[-2:]
-    seed_a = a.mean(axis=-2)
-    seed_b = None if b is None else b.mean(axis=-2)
+    seed_a = _over_examples(a)
+    seed_b = None if b is None else _over_examples(b)
     terms: list[tuple[np.ndarray, float]] = []
     churn = {"a": np.zeros(a.shape[:-2]), "b": np.zeros(a.shape[:-2])}
     if n >= 2:
@@ -233,7 +241,7 @@ def dataset_stats(a: np.ndarray, b: np.ndarray | None = None, *, paired: bool = 
             # two-way ANOVA of the paired differences: σ²_α = (MS_examples - MS_residual) / k
             d = a - b
             k = k_a
-            ms_examples = k * d.mean(axis=-1).var(axis=-1, ddof=1)
+            ms_examples = k * _over_seeds(d).var(axis=-1, ddof=1)
             terms.append((ms_examples / k, n - 1))
             if k >= 2:
                 residual = _residual_ms(d)
@@ -241,7 +249,7 @@ def dataset_stats(a: np.ndarray, b: np.ndarray | None = None, *, paired: bool = 
                 churn["a"] = residual / n
         else:
             # var of the per-example seed means, less each side's churn over its seed count
-            diff = a.mean(axis=-1) if b is None else a.mean(axis=-1) - b.mean(axis=-1)
+            diff = _over_seeds(a) if b is None else _over_seeds(a) - _over_seeds(b)
             terms.append((diff.var(axis=-1, ddof=1), n - 1))
             for name, side in (("a", a),) if b is None else (("a", a), ("b", b)):
                 k = side.shape[-1]
@@ -388,20 +396,26 @@ def t_interval(delta, se, df, alpha: float = ALPHA):
     return delta - half, delta + half, p
 
 
-@functools.lru_cache(maxsize=4096)
-def _shift(df: float, alpha: float, power: float) -> float:
-    crit = scipy_stats.t.ppf(1 - alpha / 2, df)
-    if not np.isfinite(df):
-        return float(scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power))
+# power_shift's values by (ν to 0.1, alpha, power), for the whole process.
+_SHIFTS: dict[tuple[float, float, float], float] = {}
+
+
+def _shifts(dfs: np.ndarray, alpha: float, power: float) -> np.ndarray:
+    """The shift of power_shift for each ν of ``dfs`` (finite, > 0): a bisection run for all at once."""
+    crit = scipy_stats.t.ppf(1 - alpha / 2, dfs)
 
     def reach(ncp):
-        # P(T > crit) + P(T < -crit); the lower tail as the upper tail of -T, where nct stays finite
-        return scipy_stats.nct.sf(crit, df, ncp) + scipy_stats.nct.sf(crit, df, -ncp) - power
+        # P(T > crit) + P(T < -crit) - power; the lower tail as the upper tail of -T, where nct stays finite
+        return scipy_stats.nct.sf(crit, dfs, ncp) + scipy_stats.nct.sf(crit, dfs, -ncp) - power
 
-    high = 4.0
-    while reach(high) < 0:  # bracket the root; nct's tails turn to NaN far past it
-        high *= 2
-    return float(optimize.brentq(reach, 0.0, high))
+    low, high = np.zeros_like(dfs), np.full_like(dfs, 4.0)
+    while np.any(short := reach(high) < 0):  # bracket each root; nct's tails turn to NaN far past it
+        low, high = np.where(short, high, low), np.where(short, 2 * high, high)
+    for _ in range(60):  # the bracket shrinks to 2**-60 of its width: exact in float64
+        mid = (low + high) / 2
+        below = reach(mid) < 0
+        low, high = np.where(below, mid, low), np.where(below, high, mid)
+    return (low + high) / 2
 
 
 def power_shift(df, alpha: float = ALPHA, power: float = POWER) -> np.ndarray:
@@ -409,8 +423,15 @@ def power_shift(df, alpha: float = ALPHA, power: float = POWER) -> np.ndarray:
     df = np.asarray(df, dtype=np.float64)
     rounded = np.where(np.isfinite(df), np.round(df, 1), np.inf)  # ν to 0.1 is plenty; it keeps the cache small
     out = np.full(df.shape, np.nan)
-    for value in np.unique(rounded[~np.isnan(rounded)]):
-        out[rounded == value] = _shift(float(value), alpha, power)
+    values = np.unique(rounded[~np.isnan(rounded)])
+    todo = np.array([v for v in values if 0 < v < np.inf and (v, alpha, power) not in _SHIFTS])
+    if todo.size:
+        _SHIFTS.update({(float(v), alpha, power): float(x) for v, x in zip(todo, _shifts(todo, alpha, power))})
+    for value in values:
+        if value == np.inf:
+            out[rounded == value] = scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)
+        elif value > 0:
+            out[rounded == value] = _SHIFTS[(float(value), alpha, power)]
     return out if out.shape else float(out)
 
 
@@ -771,8 +792,13 @@ class Setting:
 CALIBRATION_GRID = tuple(Setting(s, n, k) for s in (0.0, 5.0, 15.0) for n in (16, 500) for k in (2, 3, 5))
 
 
+# Simulated outcomes drawn at once per method (studies x datasets x examples x seeds): large enough
+# that numpy's per-call overhead vanishes for small designs, small enough to stay a few tens of MB.
+SIMULATION_BATCH = 9_000_000
+
+
 def simulate(setting: Setting, *, studies: int = 2000, datasets: int = 14, seed: int = 0, margin: float = DEFAULT_MARGIN,
-             chunk: int = 250) -> dict:
+             chunk: int | None = None) -> dict:
     """A/A (or planted-effect) studies of two methods, scored exactly as :func:`compare` scores a real one.
 
     Example i of a dataset has a difficulty q_i ~ 0.1 + 0.8 Beta(2, 1.5), shared by both methods and every
@@ -781,7 +807,10 @@ def simulate(setting: Setting, *, studies: int = 2000, datasets: int = 14, seed:
     Both methods run the same seed list (paired by seed, as a study's final runs are).
     Returns the verdict's rejection rate, the 95% interval's coverage of the planted Δ, the rate at
     which Holm flags any dataset, and the reported mde (mean and root mean square), all over ``studies``.
+    ``chunk``: studies drawn at once (default: as many as ``SIMULATION_BATCH`` outcomes allow).
     """
+    if chunk is None:
+        chunk = max(1, SIMULATION_BATCH // (datasets * setting.n * setting.k))
     rng = np.random.default_rng([seed, int(setting.sigma_run * 10), setting.n, setting.k, int(setting.effect * 1000)])
     s_run, effect = setting.sigma_run / 100, setting.effect / 100
     reject = covered = any_dataset = 0
@@ -803,7 +832,7 @@ def simulate(setting: Setting, *, studies: int = 2000, datasets: int = 14, seed:
         v = verdict(mean.ci_low, mean.ci_high, margin)
         reject += int(np.sum((v == "a_better") | (v == "b_better")))
         covered += int(np.sum((mean.ci_low <= effect) & (effect <= mean.ci_high)))
-        per_dataset = np.stack([estimate([part], [1.0], paired=True).p for part in parts], axis=-1)
+        per_dataset = estimate([batch], [1.0], paired=True).p  # each dataset on its own: (m, datasets)
         any_dataset += int(np.sum((holm(per_dataset) < ALPHA).any(axis=-1)))
         mdes.append(mean.mde)
     mde = np.concatenate(mdes)
