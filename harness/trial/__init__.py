@@ -4,7 +4,7 @@ Which module owns what, and where it runs:
 
 - ``config``: ``TrialConfig``, the validated values of a trial (built on the driver, read by every worker);
 - ``driver``: the driver process: checks, data and intuition loaded once, the ``TorchTrainer``, the
-  leaderboard and prediction rows (``run_trial``, ``prepare_data``, ``trial_rows``);
+  leaderboard and prediction rows of a single trial (``run_trial``, ``prepare_data``);
 - ``worker``: each Ray Train worker process: the training loop under DeepSpeed, evaluation, checkpoints;
 - ``step``: the step's pure functions the worker calls (schedule, data order, batches, loss, precision,
   DeepSpeed config).
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from harness.trial.config import TrialConfig
 
-__all__ = ["TrialConfig", "prepare_data", "run_trial", "trial_rows"]
+__all__ = ["TrialConfig", "prepare_data", "run_trial"]
 
-_DRIVER_NAMES = ("prepare_data", "run_trial", "trial_rows")
+_DRIVER_NAMES = ("prepare_data", "run_trial")
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""The driver side of one trial: runs in the driver process (the CLI, or a Tune trial's actor), never in a worker.
+"""The driver side of one trial: runs in the process that starts the trial (``harness/train.py``, or a
+Tune trial's driver function, ``harness.study.tune``), never in a Ray Train worker.
 
 It checks the trial, loads the data once and hands it to a Ray Train ``TorchTrainer`` whose
 workers (``harness.trial.worker``) finetune under DeepSpeed ZeRO; then it turns the result into
