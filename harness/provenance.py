@@ -127,7 +127,7 @@ def data_source(datasets, *, data_dir: str | os.PathLike | None, synthetic: dict
 
 def trial_budget(cfg, *, total_steps: int | None = None, band: tuple[int, int] | None = None,
                  param_matched: bool | None = None) -> dict[str, Any]:
-    """The training and evaluation budget of a trial (a ``harness.trial.TrialConfig``).
+    """The training and evaluation budget of a trial (a ``harness.trial.config.TrialConfig``).
 
     ``total_steps``: the optimizer steps the trial resolved (from ``epochs`` they depend on the
     data). ``band``: the study's parameter band; ``param_matched`` says whether this method's

@@ -5,7 +5,7 @@
                              [--show-plan [--json] [--target-mde POINTS]] [--mlflow URI] [--verbose]
 
 Layers (Ray's train/tune interop pattern): the *worker* loop lives in
-harness.worker and reads only its TrialConfig; the *driver* function
+harness.trial.worker and reads only its TrialConfig; the *driver* function
 (harness.study.tune) runs inside one Tune trial and calls ``run_trial``; one
 *Tuner* runs the whole study, sampling on this process with Optuna (TPE after
 quasi-random warm-up, study kept in SQLite; harness.study.sampler) and stopping

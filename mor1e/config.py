@@ -138,7 +138,7 @@ class MoR1EConfig(_Serialisable):
     """How s is computed from an example's embedding (``mor1e.intuition.cluster_scores``): "dot" (the
     authors': ``centroids @ emb``, centroids as k-means returns them, so a loose cluster scores lower)
     or "cosine" (centroids renormalised; the normalised variant's).  The layer reads s as given;
-    this field tells whoever computes s (``harness.train.intuition_scores``) how, and is saved with
+    this field tells whoever computes s (``harness.trial.driver.intuition_scores``) how, and is saved with
     the adapter so scores for it can be made again."""
     router_init: str = AUTHORS["router_init"]
     """Token router W_r at init: "zeros" (the authors': routing starts uniform) or "random"

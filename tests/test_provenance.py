@@ -18,7 +18,7 @@ from harness.provenance import data_source, scoring_precision, trial_budget
 from harness.records import append_rows, read_rows
 from harness.study.outcomes import trial_records
 from harness.study.plan import build_plan, write_twins
-from harness.train import trial_rows
+from harness.trial.driver import trial_rows
 from harness.trial import TrialConfig
 
 

@@ -149,7 +149,7 @@ import mor1e
 from peft import PeftModel
 from harness.evaluate import predictions, score_examples
 from harness.models import load_model
-from harness.train import prepare_data
+from harness.trial.driver import prepare_data
 from harness.trial import TrialConfig
 
 adapter, data_dir, hparams = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

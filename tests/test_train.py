@@ -7,8 +7,8 @@ import math
 import pytest
 
 from harness.data import DATASETS, Example
-from harness.trial import DEFAULT_STEPS, TrialConfig
-from harness.training import (
+from harness.trial.config import DEFAULT_STEPS, TrialConfig
+from harness.trial.step import (
     answer_loss,
     batch_indices,
     collate,
@@ -16,7 +16,7 @@ from harness.training import (
     encode_training_example,
     lr_multiplier,
 )
-from harness.worker import evaluate_split, mean_accuracy
+from harness.trial.worker import evaluate_split, mean_accuracy
 
 
 # ---------------------------------------------------------------- TrialConfig
@@ -261,7 +261,7 @@ def test_mean_accuracy_weighs_datasets_equally():
 def test_evaluate_split_on_one_worker_matches_evaluate_examples(tokenizer):
     from harness.evaluate import evaluate_examples
     from harness.models import load_model
-    from harness.worker import _Collectives
+    from harness.trial.worker import _Collectives
 
     model, tok = load_model("tiny-random-llama", seed=0)
     examples = [
@@ -288,7 +288,7 @@ def test_evaluate_split_on_one_worker_matches_evaluate_examples(tokenizer):
 
 
 def test_scoring_precision_follows_scoring_dtype_on_a_cpu_and_the_module_on_a_gpu():
-    from harness.training import scoring_precision
+    from harness.trial.step import scoring_precision
 
     trained, zeroshot = TrialConfig(method="lora"), TrialConfig(method="zeroshot")
     assert scoring_precision(trained, False, "bf16") == "fp32"  # the default: exact scoring
@@ -305,7 +305,7 @@ def test_bf16_scoring_runs_under_autocast_and_stays_close_to_fp32(tokenizer):
 
     from harness.evaluate import score_examples
     from harness.models import load_model
-    from harness.training import scoring_autocast
+    from harness.trial.step import scoring_autocast
 
     model, tok = load_model("tiny-random-llama", seed=0)
     examples = [Example(id=f"copa-{i}", dataset="copa", prompt=f"Item {i} is", choices=("one", "two"),
@@ -326,7 +326,7 @@ def test_bf16_scoring_runs_under_autocast_and_stays_close_to_fp32(tokenizer):
 
 def test_trial_rows_fit_the_leaderboard_schema(tmp_path):
     from harness.records import append_rows, read_rows
-    from harness.train import trial_rows
+    from harness.trial.driver import trial_rows
 
     cfg = TrialConfig(method="mor1e", model="tiny-random-llama", datasets=("boolq", "anli"),
                       hparams={"r1": 2, "r2": 4, "num_clusters": 3, "router_temperature": 0.5}, seed=3)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.trial import TrialConfig
-from harness.training import trial_precision
+from harness.trial.step import trial_precision
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def check_trial_result(result: dict, cfg: TrialConfig) -> None:
 
 def test_mor1e_zero2_two_workers_loss_falls_checkpoint_and_per_dataset_metrics(twins, ray_session, tmp_path):
     from harness.records import append_rows, read_rows
-    from harness.train import run_trial, trial_rows
+    from harness.trial.driver import run_trial, trial_rows
 
     cfg = tiny_config(twins, keep_checkpoints=2)  # both evaluations' checkpoints stay, so both reports read back
     result = run_trial(cfg, name="zero2", storage_path=tmp_path)
@@ -138,7 +138,7 @@ def test_mor1e_zero2_two_workers_loss_falls_checkpoint_and_per_dataset_metrics(t
 
 def test_zeroshot_run_returns_its_metrics_and_records_rows(twins, ray_session, tmp_path):
     """An evaluation-only run (no weights to checkpoint) still hands its metrics back to the caller."""
-    from harness.train import run_trial, trial_rows
+    from harness.trial.driver import run_trial, trial_rows
 
     cfg = tiny_config(twins, method="zeroshot", hparams={}, num_workers=1, steps=None)
     result = run_trial(cfg, name="zs", storage_path=tmp_path)
@@ -159,7 +159,7 @@ def test_lora_trial_inside_tune_reports_every_evaluation(twins, ray_session, tmp
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from harness.train import run_trial
+    from harness.trial.driver import run_trial
 
     cfg = tiny_config(twins, method="lora", hparams={"rank": 4, "alpha": 8.0}, eval_every=4)
     storage = str(tmp_path / "train")
@@ -187,7 +187,7 @@ def test_lora_trial_inside_tune_reports_every_evaluation(twins, ray_session, tmp
 def test_zero3_killed_worker_resumes_from_last_checkpoint(twins, ray_session, tmp_path):
     """ZeRO-3, 2 workers; SIGKILL rank 1 after the first checkpoint: the group restarts from the
     step-6 checkpoint (every rank's parameter shard) and finishes at step 12."""
-    from harness.train import run_trial
+    from harness.trial.driver import run_trial
 
     probe = tmp_path / "probe"
     # keep_checkpoints=2: the step-6 checkpoint stays beside step 12, so both reports read back
@@ -235,7 +235,7 @@ def test_smollm2_mor1e_trial_learns_two_twins_above_zero_shot(ray_session, tmp_p
     from harness.data import write_synthetic
     from harness.evaluate import evaluate_examples
     from harness.models import load_model
-    from harness.train import prepare_data, run_trial
+    from harness.trial.driver import prepare_data, run_trial
 
     data_dir = tmp_path / "twins"
     write_synthetic(data_dir, seed=0, n_train=160, n_validation=50, datasets=LEARN_DATASETS)

@@ -129,7 +129,7 @@ def test_mlflow_holds_one_run_per_trial_with_params_curves_and_final_metrics(stu
         assert run.data.params["method"] == "lora" and run.data.params["phase"] == phase
         curve = client.get_metric_history(run.info.run_id, "train/loss")
         # the first step, and every evaluation (search: 2 and 4, or 2 alone when ASHA pruned it there;
-        # final: 4); others unless too close to the previous report (harness.worker.CURVE_GAP_S)
+        # final: 4); others unless too close to the previous report (harness.trial.worker.CURVE_GAP_S)
         last = 2 if status[trial_id] == "pruned" else 4
         steps = {m.step for m in curve}
         assert {1, last} <= steps <= set(range(1, last + 1)), (trial_id, status[trial_id], sorted(steps))

@@ -12,7 +12,7 @@ Three sections, run in this order, each printed as a markdown table. Each is one
    agree (relative error of the logits), and ``harness.evaluate.option_logprobs`` gives the same
    numbers batched as one pair at a time (fp32, cloze and letter options of synthetic twins,
    with intuition scores; the bf16 difference is shown for information).
-2. ``trial``: ``harness.train.run_trial`` as a search runs it: embedded Ray, one Ray Train
+2. ``trial``: ``harness.trial.driver.run_trial`` as a search runs it: embedded Ray, one Ray Train
    worker (NCCL on GPU), DeepSpeed at each ZeRO stage asked for, bf16 on GPU (the trial's
    ``dtype: auto``), a few steps on two synthetic twins, selection and report scoring, adapter
    export and checkpoint. The trials run in a child process with a deadline, so a hang is

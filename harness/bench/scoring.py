@@ -237,7 +237,7 @@ def _telemetry_cost(base, tokenizer, examples, train, args) -> None:
     import mor1e
     from harness.evaluate import score_examples
     from harness.methods import apply_method, uses_intuition
-    from harness.train import intuition_scores
+    from harness.trial.driver import intuition_scores
 
     rows = []
     for name in args.telemetry_methods:

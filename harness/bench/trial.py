@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
 
     from harness.data import write_synthetic
     from harness.ray_env import init_ray
-    from harness.train import MIN_EMBEDDED_CPUS, _quiet_logs, prepare_data, run_trial
+    from harness.trial.driver import MIN_EMBEDDED_CPUS, _quiet_logs, prepare_data, run_trial
     from harness.trial import TrialConfig
 
     try:

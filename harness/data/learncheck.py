@@ -8,11 +8,11 @@ A plain loop without Ray or DeepSpeed, built from the trial's own pieces: the tw
 are written as the default study writes them (``--n-train`` rows per train split, the
 selection carve taken out, the first ``--train-limit`` train-role rows kept), each
 example is encoded, batched and scored as a Train worker does it
-(``harness.worker.encode_training_example`` / ``batch_indices`` / ``collate`` /
+(``harness.trial.step.encode_training_example`` / ``batch_indices`` / ``collate`` /
 ``answer_loss``, ``harness.evaluate.evaluate_examples``), on the default preset with
 PEFT LoRA, or any adapter method with ``--method``/``--hparams``
 (``harness.methods.apply_method``; MoR1E gets its intuition scores as a trial computes them,
-``harness.train.intuition_scores``, for training and scoring alike), AdamW with the trial's warmup + cosine
+``harness.trial.driver.intuition_scores``, for training and scoring alike), AdamW with the trial's warmup + cosine
 schedule. Defaults are the default profile's budget: 48 steps of batch 8, cloze, max
 length 256. It prints one markdown row per twin: chance, zero-shot and trained
 accuracy on ``--report`` report rows, and the gain in points.
@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
     from harness.data.synth import write_synthetic
     from harness.evaluate import evaluate_examples, forward_options
     from harness.methods import apply_method, method_config, uses_intuition
-    from harness.train import intuition_scores
     from harness.models import load_model
-    from harness.worker import answer_loss, batch_indices, collate, encode_training_example, lr_multiplier
+    from harness.trial.driver import intuition_scores
+    from harness.trial.step import answer_loss, batch_indices, collate, encode_training_example, lr_multiplier
 
     datasets = resolve_datasets(args.datasets)
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """A study's disk: what its checkpoints take while it runs, what is left at its end, and the pruning.
 
-Ray Train saves a checkpoint at every evaluation of a trial (``harness.worker``): the DeepSpeed
+Ray Train saves a checkpoint at every evaluation of a trial (``harness.trial.worker``): the DeepSpeed
 state (fp32 weights of the trained tensors and Adam's two moments: 12 bytes a trained parameter)
 and the evaluation's predictions (only the predictions with ``resumable: false``). ``keep_checkpoints`` (1) of them stay while the run goes on; a
 run's last checkpoint holds no state (``TrialConfig.keep``: nothing, or the trained tensors alone).

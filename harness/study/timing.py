@@ -67,7 +67,7 @@ def prepare(plan: Plan, progress: Progress) -> dict:
     embeddings of every example the study's MoR1E trials score (cached on disk, keyed by the texts)
     and, for CPU trials on this machine, DeepSpeed's CPU op (cached by torch, built on first use)."""
     from harness.models import prepare as prepare_model
-    from harness.train import prepare_data
+    from harness.trial.driver import prepare_data
     from harness.trial import TrialConfig
 
     p = plan.profile
@@ -103,7 +103,7 @@ def prepare(plan: Plan, progress: Progress) -> dict:
     use_gpu = p.resources.get("use_gpu")
     if p.methods and plan.address is None and (use_gpu is False or use_gpu is None and not _has_cuda()):
         start = time.time()
-        built = subprocess.run([sys.executable, "-c", "from harness.training import build_deepspeed_cpu_op as b; b()"],
+        built = subprocess.run([sys.executable, "-c", "from harness.trial.step import build_deepspeed_cpu_op as b; b()"],
                                capture_output=True, text=True, cwd=REPO_DIR)
         timing["deepspeed_op_s"] = time.time() - start
         line += f", DeepSpeed's CPU op {timing['deepspeed_op_s']:.0f} s"
@@ -236,9 +236,9 @@ def _split_rows(plan: Plan, dataset: str) -> tuple[int | None, int | None]:
 
 
 def _total_steps(training: dict, n_train: int, batch: int) -> int:
-    """Optimizer steps of a training trial, as ``harness.trial.TrialConfig.total_steps`` counts them
+    """Optimizer steps of a training trial, as ``harness.trial.config.TrialConfig.total_steps`` counts them
     (mirrored: a TrialConfig validates its method, which imports peft)."""
-    from harness.trial import DEFAULT_STEPS
+    from harness.trial.config import DEFAULT_STEPS
 
     if training.get("steps") is not None:
         return int(training["steps"])

@@ -2,7 +2,7 @@
 that records every trial as it ends.
 
 Owns ``trial_driver`` (one Tune trial: build its TrialConfig and run it as a Ray Train job
-through ``harness.train.run_trial``), ``run_with_deadline``, ``RecordAndReport`` (runs on the
+through ``harness.trial.driver.run_trial``), ``run_with_deadline``, ``RecordAndReport`` (runs on the
 study's process: leaderboard rows and progress lines per trial), and ``run_tuner``, which runs
 or restores the study's Tuner and reconciles its results with the leaderboard.
 """
@@ -63,7 +63,7 @@ def trial_driver(config: dict, *, bases: dict, space_params: dict, default_seed:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from harness.train import run_trial
+    from harness.trial.driver import run_trial
 
     trial_id = tune.get_context().get_trial_id()
     if recorded and trial_id in recorded:
@@ -85,7 +85,7 @@ def trial_driver(config: dict, *, bases: dict, space_params: dict, default_seed:
     # merges reports, and Train's returned metrics are those of the last
     # *checkpointed* report, which an evaluate-only (zeroshot) run never makes.
     final = {k: v for k, v in _json_safe(result).items() if v is not None}
-    # A diverged run ended early on purpose (harness.worker): recorded failed, not run to the end.
+    # A diverged run ended early on purpose (harness.trial.worker): recorded failed, not run to the end.
     final["done_final"] = not final.get("diverged")
     final["driver_node"] = ray.get_runtime_context().get_node_id()
     final["wall_s"] = time.time() - start

@@ -1,4 +1,4 @@
-"""GPU check section ``trial``: ``harness.train.run_trial`` as a search runs it.
+"""GPU check section ``trial``: ``harness.trial.driver.run_trial`` as a search runs it.
 
 Embedded Ray, one Ray Train worker (NCCL on GPU), DeepSpeed at each ZeRO stage asked for, the
 trial's ``dtype: auto``, a few steps on two synthetic twins, selection and report scoring, adapter
@@ -56,7 +56,7 @@ def trial_specs(text: str) -> list[tuple[str, int]]:
 def _trial_data(cfg, report_lines: list[str]):
     """``prepare_data``; for MoR1E without the packaged embedder, scores from the hashed stand-in."""
     from harness.methods import method_config, uses_intuition
-    from harness.train import prepare_data
+    from harness.trial.driver import prepare_data
     from harness.trial import TrialConfig
 
     if not uses_intuition(cfg.method, cfg.hparams):
@@ -85,7 +85,7 @@ def run_trials_child(args) -> int:
     import torch
 
     from harness.ray_env import init_ray
-    from harness.train import _export_repo_path, _quiet_logs, run_trial
+    from harness.trial.driver import _export_repo_path, _quiet_logs, run_trial
     from harness.trial import TrialConfig
 
     use_gpu = args.device != "cpu" and torch.cuda.is_available()

@@ -1,9 +1,10 @@
-"""What a trial's training step is made of, as pure functions (unit-tested without Ray).
+"""What a trial's training step is made of, as pure functions (unit-tested without Ray); they run in each
+Ray Train worker (``harness.trial.worker`` calls them).
 
 The learning-rate schedule, the data order (a function of the step alone, so a resumed run sees
 the batches an uninterrupted one would have), training examples encoded exactly as they are
 scored, left-padded batches and the answer-only loss, the precision a trial trains in, and its
-DeepSpeed config. ``harness.worker`` runs them inside each Ray Train worker.
+DeepSpeed config.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.trial import LOSS_REDUCTIONS, TrialConfig
+from harness.trial.config import LOSS_REDUCTIONS, TrialConfig
 
 
 def lr_multiplier(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:

@@ -1,8 +1,10 @@
-"""The Ray Train worker loop: one process per worker, DeepSpeed inside, everything read from its config.
+"""The Ray Train worker loop: runs in each Ray Train worker process (one per worker), DeepSpeed inside,
+everything read from its config. The driver imports it only for ``TrialData`` and to hand
+``train_loop_per_worker`` to the ``TorchTrainer``.
 
 ``train_loop_per_worker(config)`` receives ``{"trial": TrialConfig.to_dict(),
 "data": ObjectRef[TrialData], "use_gpu": bool, "fit_started_at": float}``. The
-driver (``harness.train``) loaded the examples and computed the intuition
+driver (``harness.trial.driver``) loaded the examples and computed the intuition
 scores once; every worker gets the same ``TrialData`` from the object store.
 
 Per worker: build the preset, apply the method, ``deepspeed.initialize`` on
@@ -14,7 +16,7 @@ metrics with a DeepSpeed checkpoint saved on every rank (so ZeRO-3 shards are
 complete); rank 0 adds the evaluation's per-example predictions
 (``harness.predictions.EXAMPLES_FILE``) to it. A restarted worker group resumes
 from the newest reported checkpoint; the data order is a function of the step
-(``harness.training``), so it resumes exactly. The last checkpoint of a run holds the
+(``harness.trial.step``), so it resumes exactly. The last checkpoint of a run holds the
 state only if ``TrialConfig.keep`` is ``state``; otherwise just the trained tensors (``final``)
 or nothing (``none``) beside the predictions, and a restart from it reports it again and ends. A non-finite loss or gradient
 norm ends the run at once, reported as diverged, with a checkpoint that holds
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from harness.predictions import EXAMPLES_FILE, write_examples
-from harness.training import (
+from harness.trial.step import (
     answer_loss,
     batch_indices,
     collate,
@@ -51,7 +53,7 @@ from harness.training import (
     scoring_precision,
     trial_precision,
 )
-from harness.trial import TrialConfig
+from harness.trial.config import TrialConfig
 
 # Seconds a fault-probe run waits for the test to kill a worker.
 FAULT_PROBE_WAIT_S = 60.0

@@ -3,7 +3,8 @@
 A trial is one method with one hyperparameter set, trained on the multi-task
 mixture of ``datasets`` and evaluated on their selection and report splits.
 ``TrialConfig`` holds values only; it never reads files, the environment or the
-working directory (``harness.train.check_trial`` does the checks that need to).
+working directory (``harness.trial.driver.check_trial`` does the checks that need to). It is built on
+the driver and travels to each Ray Train worker as ``to_dict()``; both sides import this module.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class TrialConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping (DeepSpeed ``gradient_clipping``); 0 disables it."""
     loss_reduction: str = "token"
-    """How the answer tokens' cross-entropy is averaged (``harness.training.answer_loss``): "token",
+    """How the answer tokens' cross-entropy is averaged (``harness.trial.step.answer_loss``): "token",
     the mean over every answer token of the micro-batch (the authors'), or "example", the mean over
     examples of each one's mean over its own answer tokens (a one-token answer weighs as much as a long one)."""
     max_seq_len: int = 512
